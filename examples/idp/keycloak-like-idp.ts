@@ -1,0 +1,316 @@
+/**
+ * A Keycloak-compatible OpenID provider for the demo and the tests: `oidc-provider` configured with
+ * Keycloak's realm paths (`/realms/<realm>/protocol/openid-connect/...`) and Keycloak's token shapes
+ * (access token: `typ: "Bearer"`, `azp`, `aud: "account"`, `realm_access`, `resource_access`,
+ * `preferred_username`, `sid`; ID token: `typ: "ID"`, `azp`, `sid`; the Group Membership mapper's
+ * `groups` claim with or without full paths). Its login page is a real HTML form.
+ *
+ * It runs on its own HTTP server, and its provider instance can be replaced in place (`rotateKeys`)
+ * to rotate signing keys the way Keycloak does: the new key signs, the old one is still published.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { randomUUID } from 'node:crypto'
+import { exportJWK, generateKeyPair, type JWK } from 'jose'
+import Provider, { type Configuration, type KoaContextWithOIDC } from 'oidc-provider'
+
+export interface RealmUser {
+  username: string
+  password: string
+  /** Keycloak subjects are UUIDs; a stable one is derived from the username when absent. */
+  sub?: string
+  email?: string
+  emailVerified?: boolean
+  givenName?: string
+  familyName?: string
+  /** Group paths as Keycloak stores them, e.g. `/ml-team` or `/research/vision`. */
+  groups?: string[]
+  realmRoles?: string[]
+  /** Client roles, by client id. */
+  clientRoles?: Record<string, string[]>
+}
+
+export interface RealmClient {
+  clientId: string
+  clientSecret: string
+  redirectUris: string[]
+  postLogoutRedirectUris?: string[]
+}
+
+export interface KeycloakLikeIdpOptions {
+  realm?: string
+  host?: string
+  port?: number
+  clients: RealmClient[]
+  users: RealmUser[]
+  /** The Group Membership mapper's "Full group path" (Keycloak's default is on). */
+  fullGroupPath?: boolean
+  /** Put `realm_access`/`resource_access` into the ID token too (Keycloak: access token only). */
+  rolesInIdToken?: boolean
+  /** Serve opaque access tokens (only usable at userinfo) instead of Keycloak's JWTs. */
+  opaqueAccessTokens?: boolean
+}
+
+export interface KeycloakLikeIdp {
+  issuer: string
+  origin: string
+  users: Required<Pick<RealmUser, 'sub'>> & RealmUser extends infer U ? U[] : never
+  /** Requests received per path (without query), for tests that count fetches. */
+  hits: Map<string, number>
+  /** Generate a new signing key; the previous key stays published, as after a Keycloak rotation. */
+  rotateKeys(): Promise<void>
+  close(): Promise<void>
+}
+
+const REALM_DEFAULT_ROLES = (realm: string): string[] => ['offline_access', 'uma_authorization', `default-roles-${realm}`]
+
+function escapeHtml (text: string): string {
+  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
+}
+
+function loginPage (realm: string, uid: string, error?: string): string {
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sign in to ${escapeHtml(realm)}</title>
+<style>body{font-family:system-ui,sans-serif;background:#f0f0f0;display:flex;justify-content:center;padding-top:8vh}
+form{background:#fff;padding:2em 2.5em;border-radius:6px;box-shadow:0 2px 8px #0002;width:320px}
+h1{font-size:1.3em;margin-top:0}label{display:block;margin:.8em 0 .3em}input{width:100%;padding:.5em;box-sizing:border-box}
+button{margin-top:1.2em;width:100%;padding:.6em;background:#0066cc;color:#fff;border:0;border-radius:4px;font-size:1em}
+.error{color:#b00020}</style></head>
+<body><form method="post" action="/realms/${escapeHtml(realm)}/login-actions/authenticate/${escapeHtml(uid)}">
+<h1>Sign in to your account</h1><p>Realm <b>${escapeHtml(realm)}</b> (Keycloak-compatible demo provider)</p>
+${error === undefined ? '' : `<p class="error" id="input-error">${escapeHtml(error)}</p>`}
+<label for="username">Username or email</label><input id="username" name="username" autofocus autocomplete="username">
+<label for="password">Password</label><input id="password" name="password" type="password" autocomplete="current-password">
+<button id="kc-login" type="submit">Sign In</button></form></body></html>`
+}
+
+async function readForm (req: IncomingMessage): Promise<URLSearchParams> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length
+    if (size > 64 * 1024) throw new Error('form too large')
+    chunks.push(chunk as Buffer)
+  }
+  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'))
+}
+
+async function newSigningKey (): Promise<JWK> {
+  const { privateKey } = await generateKeyPair('RS256', { extractable: true })
+  return { ...await exportJWK(privateKey), kid: randomUUID(), alg: 'RS256', use: 'sig' }
+}
+
+export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Promise<KeycloakLikeIdp> {
+  const realm = options.realm ?? 'clearml'
+  const host = options.host ?? '127.0.0.1'
+  const mount = `/realms/${realm}`
+  const fullGroupPath = options.fullGroupPath ?? true
+  const users = options.users.map((user) => ({ ...user, sub: user.sub ?? randomUUID() }))
+  const hits = new Map<string, number>()
+  let keys: JWK[] = [await newSigningKey()]
+  let provider: Provider
+
+  const server: Server = createServer((req, res) => { handle(req, res).catch(() => res.destroy()) })
+  await new Promise<void>((resolve) => server.listen(options.port ?? 0, host, resolve))
+  const origin = `http://${host}:${(server.address() as AddressInfo).port}`
+  const issuer = `${origin}${mount}`
+
+  const groupsClaim = (user: RealmUser): string[] =>
+    (user.groups ?? []).map((path) => fullGroupPath ? path : path.slice(path.lastIndexOf('/') + 1))
+
+  const roleClaims = (user: RealmUser, clientId: string): Record<string, unknown> => {
+    const clientRoles = user.clientRoles ?? {}
+    return {
+      realm_access: { roles: [...REALM_DEFAULT_ROLES(realm), ...(user.realmRoles ?? [])] },
+      resource_access: {
+        ...Object.fromEntries(Object.entries(clientRoles).map(([client, roles]) => [client, { roles }])),
+        account: { roles: ['manage-account', 'view-profile'] },
+        ...(clientRoles[clientId] === undefined ? {} : { [clientId]: { roles: clientRoles[clientId] } })
+      }
+    }
+  }
+
+  const userClaims = (user: typeof users[number]): Record<string, unknown> => ({
+    sub: user.sub,
+    preferred_username: user.username,
+    email: user.email,
+    email_verified: user.emailVerified ?? false,
+    name: [user.givenName, user.familyName].filter(Boolean).join(' ') || undefined,
+    given_name: user.givenName,
+    family_name: user.familyName,
+    groups: groupsClaim(user)
+  })
+
+  const configuration = (): Configuration => ({
+    clients: options.clients.map((client) => ({
+      client_id: client.clientId,
+      client_secret: client.clientSecret,
+      redirect_uris: client.redirectUris,
+      post_logout_redirect_uris: client.postLogoutRedirectUris ?? [],
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'client_secret_basic'
+    })),
+    jwks: { keys },
+    routes: {
+      authorization: '/protocol/openid-connect/auth',
+      token: '/protocol/openid-connect/token',
+      userinfo: '/protocol/openid-connect/userinfo',
+      jwks: '/protocol/openid-connect/certs',
+      end_session: '/protocol/openid-connect/logout',
+      revocation: '/protocol/openid-connect/revoke',
+      introspection: '/protocol/openid-connect/token/introspect'
+    },
+    scopes: ['openid', 'profile', 'email', 'roles', 'groups'],
+    claims: {
+      openid: ['sub'],
+      profile: ['name', 'preferred_username', 'given_name', 'family_name', 'picture'],
+      email: ['email', 'email_verified'],
+      // Keycloak's Group Membership mapper puts groups into the ID token and userinfo as well.
+      groups: ['groups'],
+      roles: options.rolesInIdToken === true ? ['realm_access', 'resource_access'] : []
+    },
+    // Keycloak puts the profile claims into the ID token, not only into userinfo.
+    conformIdTokenClaims: false,
+    pkce: { required: () => true },
+    features: {
+      devInteractions: { enabled: false },
+      rpInitiatedLogout: {
+        enabled: true,
+        // Keycloak logs out without a confirmation page when id_token_hint is given.
+        logoutSource: async (ctx: KoaContextWithOIDC, form: string) => {
+          ctx.body = `<!doctype html><html><head><title>Logging out</title></head><body>${form}
+<p>Logging out of ${escapeHtml(realm)}…</p><script>document.forms[0].submit()</script>
+<noscript><button form="op.logoutForm" name="logout" value="yes">Log out</button></noscript></body></html>`
+        }
+      },
+      resourceIndicators: {
+        enabled: options.opaqueAccessTokens !== true,
+        // Keycloak's access token is a JWT whose audience is "account".
+        defaultResource: async () => 'urn:keycloak:account',
+        useGrantedResource: async () => true,
+        getResourceServerInfo: async () => ({ scope: 'openid profile email roles groups', audience: 'account', accessTokenFormat: 'jwt' })
+      }
+    },
+    formats: {
+      customizers: {
+        jwt: async (_ctx, token, jwt) => {
+          const user = users.find((candidate) => candidate.sub === (token as { accountId?: string }).accountId)
+          const clientId = (token as { clientId?: string }).clientId ?? ''
+          const { client_id: _client, ...standard } = jwt.payload
+          jwt.payload = {
+            ...standard,
+            typ: 'Bearer',
+            azp: clientId,
+            sid: (token as { sessionUid?: string }).sessionUid,
+            scope: 'openid profile email',
+            ...(user === undefined ? {} : { ...userClaims(user), ...roleClaims(user, clientId) })
+          }
+        }
+      }
+    },
+    findAccount: async (_ctx, sub) => {
+      const user = users.find((candidate) => candidate.sub === sub)
+      if (user === undefined) return undefined
+      return {
+        accountId: sub,
+        claims: async (_use, _scope, _claims, _rejected) => {
+          const claims: Record<string, unknown> = { ...userClaims(user) }
+          if (options.rolesInIdToken === true) Object.assign(claims, roleClaims(user, options.clients[0]?.clientId ?? ''))
+          return claims as { sub: string }
+        }
+      }
+    },
+    // First-party client: no consent screen, as a Keycloak client with "Consent required" off.
+    loadExistingGrant: async (ctx) => {
+      const session = ctx.oidc.session!
+      const client = ctx.oidc.client!
+      const existing = ctx.oidc.result?.consent?.grantId ?? session.grantIdFor(client.clientId)
+      if (existing !== undefined) {
+        const found = await ctx.oidc.provider.Grant.find(existing)
+        if (found !== undefined) return found
+      }
+      const grant = new ctx.oidc.provider.Grant({ clientId: client.clientId, accountId: session.accountId! })
+      grant.addOIDCScope('openid profile email roles groups')
+      grant.addOIDCClaims(['sub', 'name', 'preferred_username', 'given_name', 'family_name', 'picture', 'email', 'email_verified', 'groups', 'realm_access', 'resource_access'])
+      grant.addResourceScope('urn:keycloak:account', 'openid profile email roles groups')
+      await grant.save()
+      return grant
+    },
+    interactions: { url: async (_ctx, interaction) => `${mount}/login-actions/authenticate/${interaction.uid}` },
+    cookies: { keys: [randomUUID()] },
+    ttl: { AccessToken: 300, IdToken: 300, Interaction: 600, Session: 3600, Grant: 3600, AuthorizationCode: 60 },
+    renderError: async (ctx, out) => {
+      ctx.type = 'html'
+      ctx.body = `<!doctype html><title>Error</title><h1>${escapeHtml(String(out.error))}</h1><p>${escapeHtml(String(out.error_description ?? ''))}</p>`
+    }
+  })
+
+  const build = (): Provider => {
+    const next = new Provider(issuer, configuration())
+    next.proxy = false
+    // Keycloak's ID token says what it is and whom it was issued to, and carries the session id.
+    const IdToken = next.IdToken as unknown as { prototype: { payload: () => Promise<Record<string, unknown>>, client?: { clientId: string } } }
+    const payload = IdToken.prototype.payload
+    IdToken.prototype.payload = async function (this: { client?: { clientId: string }, ctx?: KoaContextWithOIDC }) {
+      const claims = await payload.call(this)
+      return { ...claims, typ: 'ID', azp: this.client?.clientId, sid: claims.sid ?? this.ctx?.oidc.session?.uid }
+    }
+    return next
+  }
+  provider = build()
+
+  async function interaction (req: IncomingMessage, res: ServerResponse, uid: string): Promise<void> {
+    const details = await provider.interactionDetails(req, res)
+    if (details.uid !== uid) throw new Error('interaction mismatch')
+    if (req.method === 'GET') {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' }).end(loginPage(realm, uid))
+      return
+    }
+    const form = await readForm(req)
+    const login = form.get('username') ?? ''
+    const user = users.find((candidate) => candidate.username === login || candidate.email === login)
+    if (user === undefined || user.password !== form.get('password')) {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(loginPage(realm, uid, 'Invalid username or password.'))
+      return
+    }
+    await provider.interactionFinished(req, res, { login: { accountId: user.sub } }, { mergeWithLastSubmission: false })
+  }
+
+  async function handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0]
+    hits.set(path, (hits.get(path) ?? 0) + 1)
+    try {
+      const match = path.match(new RegExp(`^${mount}/login-actions/authenticate/([^/]+)$`))
+      if (match !== null) {
+        await interaction(req, res, match[1])
+        return
+      }
+      if (path === mount || path.startsWith(mount + '/')) {
+        // As Express's mounting does: oidc-provider derives its URLs from originalUrl minus url.
+        ;(req as IncomingMessage & { originalUrl?: string }).originalUrl = req.url
+        req.url = req.url!.slice(mount.length) || '/'
+        provider.callback()(req, res)
+        return
+      }
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found')
+    } catch (err) {
+      if (!res.headersSent) res.writeHead(400, { 'content-type': 'text/plain' }).end(`error: ${(err as Error).message}`)
+    }
+  }
+
+  return {
+    issuer,
+    origin,
+    users: users as KeycloakLikeIdp['users'],
+    hits,
+    async rotateKeys () {
+      keys = [await newSigningKey(), ...keys]
+      provider = build()
+    },
+    async close () {
+      server.closeAllConnections()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    }
+  }
+}

@@ -1,0 +1,76 @@
+/**
+ * Keycloak's signing keys, one set per issuer. Unlike jose's `createRemoteJWKSet`, whose 30-second
+ * cooldown counts from the first fetch and so hides a key rotation that happens soon after start,
+ * this set reloads at once on the first unknown `kid`, shares that reload among all concurrent
+ * verifications (one fetch per rotation, however many logins wait), and only rate-limits *repeated*
+ * forced reloads, so a flood of tokens with made-up `kid`s costs at most one fetch per cooldown.
+ */
+import { createLocalJWKSet, errors, type JWTVerifyGetKey } from 'jose'
+import { SsoError } from './errors.js'
+import { callJson, isJsonObject } from './http.js'
+
+export interface KeySetOptions {
+  /** Where the key set is; resolved lazily because it may come from discovery. */
+  url: () => Promise<string>
+  timeoutMs: number
+  /** Minimum time between two reloads forced by unknown `kid`s. */
+  cooldownMs?: number
+  /** A key set older than this is fetched again before use, so removed keys stop being trusted. */
+  maxAgeMs?: number
+}
+
+type LocalSet = ReturnType<typeof createLocalJWKSet>
+
+export class RemoteKeySet {
+  /** How many times the key set was fetched; for tests and benchmarks. */
+  fetches = 0
+  readonly #options: Required<KeySetOptions>
+  #local: LocalSet | undefined
+  #generation = 0
+  #fetchedAt = 0
+  #lastForcedAt = Number.NEGATIVE_INFINITY
+  #inFlight: Promise<void> | undefined
+
+  constructor (options: KeySetOptions) {
+    this.#options = { cooldownMs: 30_000, maxAgeMs: 10 * 60_000, ...options }
+  }
+
+  #reload (): Promise<void> {
+    this.#inFlight ??= (async () => {
+      this.fetches++
+      const url = await this.#options.url()
+      const answer = await callJson(url, { timeoutMs: this.#options.timeoutMs, what: 'key set (jwks)', headers: { accept: 'application/json' } })
+      if (answer.status !== 200 || !isJsonObject(answer.body) || !Array.isArray(answer.body.keys)) {
+        throw new SsoError('idp_unavailable', `key set (jwks) answered HTTP ${answer.status} without a key set`)
+      }
+      try {
+        this.#local = createLocalJWKSet(answer.body as unknown as Parameters<typeof createLocalJWKSet>[0])
+      } catch (err) {
+        throw new SsoError('idp_unavailable', 'key set (jwks) is malformed', { cause: err })
+      }
+      this.#generation++
+      this.#fetchedAt = Date.now()
+    })().finally(() => { this.#inFlight = undefined })
+    return this.#inFlight
+  }
+
+  /** jose's key resolver: `jwtVerify(token, keySet.getKey, ...)`. */
+  readonly getKey: JWTVerifyGetKey = async (header, token) => {
+    if (this.#local === undefined || Date.now() - this.#fetchedAt > this.#options.maxAgeMs) await this.#reload()
+    const generation = this.#generation
+    try {
+      return await this.#local!(header, token)
+    } catch (err) {
+      if (!(err instanceof errors.JWKSNoMatchingKey)) throw err
+      if (this.#inFlight !== undefined) {
+        await this.#inFlight
+      } else if (this.#generation === generation) {
+        // Not reloaded since this token was tried: force a reload, unless one was forced recently.
+        if (Date.now() - this.#lastForcedAt < this.#options.cooldownMs) throw err
+        this.#lastForcedAt = Date.now()
+        await this.#reload()
+      }
+      return await this.#local!(header, token)
+    }
+  }
+}

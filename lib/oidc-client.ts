@@ -1,0 +1,74 @@
+/**
+ * The two calls the login makes to Keycloak on the back channel: the authorization-code exchange
+ * (RFC 6749 4.1.3 with PKCE, RFC 7636) and, when configured, the userinfo request.
+ */
+import { SsoError } from './errors.js'
+import { callJson, isJsonObject } from './http.js'
+
+export interface TokenSet {
+  idToken: string
+  accessToken: string
+}
+
+/** RFC 6749 2.3.1: client_secret_basic encodes id and secret as form values before base64. */
+function basicAuthorization (clientId: string, clientSecret: string): string {
+  const encode = (value: string): string => encodeURIComponent(value).replace(/%20/g, '+')
+  return 'Basic ' + Buffer.from(`${encode(clientId)}:${encode(clientSecret)}`).toString('base64')
+}
+
+/** Keycloak's `error` field, kept only when it looks like an OAuth error code (it goes to the log). */
+function oauthErrorCode (body: unknown): string {
+  const error = isJsonObject(body) ? body.error : undefined
+  return typeof error === 'string' && /^[a-z_]{1,64}$/.test(error) ? error : 'unknown'
+}
+
+export async function exchangeCode (options: {
+  tokenEndpoint: string
+  clientId: string
+  clientSecret: string
+  code: string
+  redirectUri: string
+  verifier: string
+  timeoutMs: number
+}): Promise<TokenSet> {
+  const answer = await callJson(options.tokenEndpoint, {
+    method: 'POST',
+    timeoutMs: options.timeoutMs,
+    what: 'token endpoint',
+    headers: {
+      authorization: basicAuthorization(options.clientId, options.clientSecret),
+      'content-type': 'application/x-www-form-urlencoded',
+      accept: 'application/json'
+    },
+    body: new URLSearchParams({
+      grant_type: 'authorization_code',
+      code: options.code,
+      redirect_uri: options.redirectUri,
+      code_verifier: options.verifier
+    }).toString()
+  })
+  if (answer.status >= 500) throw new SsoError('idp_unavailable', `token endpoint answered HTTP ${answer.status}`)
+  if (answer.status !== 200) throw new SsoError('token_exchange_failed', `token endpoint refused the code: HTTP ${answer.status}, error ${oauthErrorCode(answer.body)}`)
+  if (!isJsonObject(answer.body)) throw new SsoError('token_exchange_failed', 'token endpoint answered without a JSON token set')
+  const { id_token: idToken, access_token: accessToken, token_type: tokenType } = answer.body
+  if (typeof idToken !== 'string' || typeof accessToken !== 'string') {
+    throw new SsoError('token_exchange_failed', 'token endpoint answered without an id_token and an access_token (is "openid" in the scope?)')
+  }
+  if (typeof tokenType === 'string' && tokenType.toLowerCase() !== 'bearer') {
+    throw new SsoError('token_exchange_failed', 'token endpoint answered a token_type other than Bearer')
+  }
+  return { idToken, accessToken }
+}
+
+export async function fetchUserinfo (options: { endpoint: string, accessToken: string, timeoutMs: number }): Promise<Record<string, unknown>> {
+  const answer = await callJson(options.endpoint, {
+    timeoutMs: options.timeoutMs,
+    what: 'userinfo endpoint',
+    headers: { authorization: `Bearer ${options.accessToken}`, accept: 'application/json' }
+  })
+  if (answer.status >= 500) throw new SsoError('idp_unavailable', `userinfo endpoint answered HTTP ${answer.status}`)
+  if (answer.status !== 200 || !isJsonObject(answer.body)) {
+    throw new SsoError('invalid_token', `userinfo endpoint refused the access token: HTTP ${answer.status}`)
+  }
+  return answer.body
+}

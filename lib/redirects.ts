@@ -1,0 +1,40 @@
+/**
+ * Where the plugin may send a browser. Both places an attacker can name (the return path after
+ * login, the page after logout) are reduced to targets on the web app's own origin.
+ */
+
+const PLACEHOLDER_ORIGIN = 'http://return-path.invalid'
+
+/**
+ * A same-origin relative path (`/projects?x=1#y`), or `/`. Refuses protocol-relative `//host`,
+ * backslash tricks (`/\host`, which browsers read as `//host`), schemes, control characters, and
+ * their percent-encoded forms.
+ */
+export function safeReturnPath (input: unknown): string {
+  if (typeof input !== 'string' || input.length > 2048) return '/'
+  if (!input.startsWith('/') || input.startsWith('//')) return '/'
+  // eslint-disable-next-line no-control-regex
+  if (/[\\\u0000-\u001f\u007f]/.test(input) || /%(2f|5c|0[0-9a-f]|1[0-9a-f]|7f)/i.test(input)) return '/'
+  let url: URL
+  try {
+    url = new URL(input, PLACEHOLDER_ORIGIN)
+  } catch {
+    return '/'
+  }
+  if (url.origin !== PLACEHOLDER_ORIGIN) return '/'
+  return url.pathname + url.search + url.hash
+}
+
+/** `candidate` when it is an absolute or relative URL on `webappUrl`'s origin, else `fallback`. */
+export function sameOriginUrl (candidate: unknown, webappUrl: string, fallback: string): string {
+  if (typeof candidate !== 'string' || candidate === '' || candidate.length > 2048) return fallback
+  // eslint-disable-next-line no-control-regex
+  if (/[\\\u0000-\u001f\u007f]/.test(candidate)) return fallback
+  try {
+    const base = new URL(webappUrl)
+    const url = new URL(candidate, base)
+    return url.origin === base.origin ? url.href : fallback
+  } catch {
+    return fallback
+  }
+}

@@ -1,0 +1,255 @@
+/**
+ * The Keycloak single sign-on service behind the routes and decorators: starts a login, completes a
+ * callback (SPEC section 5 steps 1–10), verifies sessions and logs out. Routes stay thin; this class
+ * wires the single-purpose modules together in the order the SPEC gives.
+ */
+import type { FastifyBaseLogger } from 'fastify'
+import type { JWTPayload } from 'jose'
+import type { KeycloakConfig } from './config.js'
+import type { Company, DirectoryUser, UserDirectory } from './directory.js'
+import { ProviderEndpoints } from './discovery.js'
+import { SsoError } from './errors.js'
+import { mapClaims, type Claims, type Identity } from './identity.js'
+import { RemoteKeySet } from './keys.js'
+import { runLogin, type LoginResult } from './login.js'
+import { exchangeCode, fetchUserinfo } from './oidc-client.js'
+import { pkceChallenge, timingSafeEqualText } from './crypto.js'
+import type { RevocationStore } from './revocations.js'
+import { Sealer } from './sealed.js'
+import { SessionTokens, type SessionClaims } from './session.js'
+import { TransactionCodec, transactionCookieName, type LoginTransaction } from './transaction.js'
+import { verifyAccessToken, verifyIdToken, type VerifyOptions } from './tokens.js'
+
+export interface IssueTokenContext {
+  company: Company
+  identity: Identity
+  sessionId: string
+  expiresAt: number
+  /** Keycloak's session id (`sid`), when the ID token has one. */
+  sid?: string
+}
+
+export type IssueToken = (user: DirectoryUser, context: IssueTokenContext) => string | Promise<string>
+
+export interface SsoServiceOptions {
+  config: KeycloakConfig
+  directory: UserDirectory
+  webappUrl: string
+  log: FastifyBaseLogger
+  revocations: RevocationStore
+  issueToken?: IssueToken
+  sessionCacheMax?: number
+}
+
+export interface CallbackParams {
+  code?: string
+  state?: string
+  iss?: string
+  error?: string
+}
+
+export interface CompletedLogin {
+  transaction: LoginTransaction
+  result: LoginResult
+  token: string
+  sessionId: string
+  expiresAt: number
+  /** Sealed ID token for RP-initiated logout, when `idp_logout` is on. */
+  sealedIdToken?: string
+}
+
+export interface StartedLogin {
+  url: string
+  cookieName: string
+  cookieValue: string
+}
+
+const ID_TOKEN_PURPOSE = 'id-token-for-logout'
+
+function looksLikeIdentity (value: Claims | Identity): value is Identity {
+  return typeof value.subject === 'string' && Array.isArray(value.groups) && Array.isArray(value.roles) && typeof value.emailVerified === 'boolean'
+}
+
+export class KeycloakSso {
+  readonly config: KeycloakConfig
+  readonly endpoints: ProviderEndpoints
+  readonly keys: RemoteKeySet
+  readonly sessions: SessionTokens
+  readonly redirectUri: string
+  readonly #directory: UserDirectory
+  readonly #transactions: TransactionCodec
+  readonly #idTokens: Sealer
+  readonly #revocations: RevocationStore
+  readonly #issueToken: IssueToken | undefined
+  readonly #log: FastifyBaseLogger
+
+  constructor (options: SsoServiceOptions) {
+    const { config } = options
+    this.config = config
+    this.#directory = options.directory
+    this.#log = options.log
+    this.#revocations = options.revocations
+    this.#issueToken = options.issueToken
+    this.redirectUri = `${options.webappUrl.replace(/\/+$/, '')}/callback_keycloak`
+    this.endpoints = new ProviderEndpoints(config, options.log)
+    this.keys = new RemoteKeySet({ url: async () => (await this.endpoints.get()).jwks, timeoutMs: config.httpTimeoutMs })
+    // Both secrets go into the sealing key: the client secret is always there, and the token secret
+    // makes the key change when an operator rotates it.
+    const sealingSecret = `${config.clientSecret}\u0000${config.tokenSecret ?? ''}`
+    this.#transactions = new TransactionCodec(sealingSecret)
+    this.#idTokens = new Sealer(sealingSecret, ID_TOKEN_PURPOSE)
+    this.sessions = new SessionTokens({
+      secret: config.tokenSecret,
+      lifetimeSec: config.sessionExpirationSec,
+      revocations: options.revocations,
+      cacheMax: options.sessionCacheMax
+    })
+  }
+
+  #verifyOptions (): VerifyOptions {
+    return {
+      issuer: this.endpoints.issuer,
+      clientId: this.config.clientId,
+      algorithms: this.config.algorithms,
+      clockToleranceSec: this.config.clockToleranceSec,
+      getKey: this.keys.getKey
+    }
+  }
+
+  /** A new login transaction and the Keycloak authorization URL that starts it. */
+  async startLogin (options: { returnTo: string, redirectUri?: string, appState?: string }): Promise<StartedLogin> {
+    const endpoints = await this.endpoints.get()
+    const transaction = this.#transactions.create({
+      redirectUri: options.redirectUri ?? this.redirectUri,
+      returnTo: options.returnTo,
+      appState: options.appState
+    })
+    const url = new URL(endpoints.authorization)
+    url.searchParams.set('response_type', 'code')
+    url.searchParams.set('client_id', this.config.clientId)
+    url.searchParams.set('redirect_uri', transaction.redirectUri)
+    url.searchParams.set('scope', this.config.scope)
+    url.searchParams.set('state', transaction.state)
+    url.searchParams.set('nonce', transaction.nonce)
+    url.searchParams.set('code_challenge', pkceChallenge(transaction.verifier))
+    url.searchParams.set('code_challenge_method', 'S256')
+    return { url: url.href, cookieName: transactionCookieName(transaction.state), cookieValue: await this.#transactions.seal(transaction) }
+  }
+
+  /** Steps 1–10 for one callback. `readCookie` gives the transaction cookie by name. */
+  async completeLogin (params: CallbackParams, readCookie: (name: string) => string | undefined): Promise<CompletedLogin> {
+    const { state, code, iss, error } = params
+    if (typeof state !== 'string' || state === '') {
+      if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${sanitizeOAuthError(error)}`)
+      throw new SsoError('invalid_state', 'the callback has no state')
+    }
+    // 1. Transaction
+    const transaction = await this.#transactions.consume(readCookie(transactionCookieName(state)), state)
+    if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${sanitizeOAuthError(error)}`)
+    if (iss !== undefined && !timingSafeEqualText(iss, this.endpoints.issuer)) {
+      // RFC 9207: a response naming another issuer is a mix-up attack, or a misconfiguration.
+      throw new SsoError('invalid_state', 'the callback\'s iss parameter is not the configured issuer')
+    }
+    if (typeof code !== 'string' || code === '') throw new SsoError('invalid_state', 'the callback has no code')
+
+    // 2. Code exchange
+    const endpoints = await this.endpoints.get()
+    const tokens = await exchangeCode({
+      tokenEndpoint: endpoints.token,
+      clientId: this.config.clientId,
+      clientSecret: this.config.clientSecret,
+      code,
+      redirectUri: transaction.redirectUri,
+      verifier: transaction.verifier,
+      timeoutMs: this.config.httpTimeoutMs
+    })
+
+    // 3. Verification
+    const options = this.#verifyOptions()
+    const idClaims = await verifyIdToken(tokens.idToken, { ...options, nonce: transaction.nonce })
+    let infoClaims: Claims
+    if (this.config.getInfoFromAccessToken) {
+      infoClaims = await verifyAccessToken(tokens.accessToken, { ...options, subject: idClaims.sub })
+    } else {
+      infoClaims = await fetchUserinfo({ endpoint: endpoints.userinfo!, accessToken: tokens.accessToken, timeoutMs: this.config.httpTimeoutMs })
+      if (infoClaims.sub !== idClaims.sub) throw new SsoError('userinfo_mismatch', 'userinfo sub differs from the ID token\'s')
+    }
+
+    // 4–9. Identity, user, signup, role, groups, profile. The chosen source wins over the ID token,
+    // which fills in what a lightweight access token may leave out.
+    const identity = this.mapClaims({ ...withoutProtocolClaims(idClaims), ...infoClaims })
+    const result = await runLogin(this.config, this.#directory, identity)
+
+    // 10. Session
+    const sid = typeof idClaims.sid === 'string' ? idClaims.sid : undefined
+    const session = await this.#issueSession(result, identity, sid)
+    const sealedIdToken = this.config.idpLogout
+      ? await this.#idTokens.seal({ idt: tokens.idToken }, this.config.sessionExpirationSec)
+      : undefined
+    this.#log.info({ user: result.user.id, company: result.company.id, created: result.created, role: result.role, groups: result.groups }, 'Keycloak login')
+    return { transaction, result, ...session, sealedIdToken }
+  }
+
+  async #issueSession (result: LoginResult, identity: Identity, sid: string | undefined): Promise<{ token: string, sessionId: string, expiresAt: number }> {
+    if (this.#issueToken !== undefined) {
+      const sessionId = this.sessions.newSessionId()
+      const expiresAt = this.sessions.expiresAt()
+      const token = await this.#issueToken(result.user, { company: result.company, identity, sessionId, expiresAt, sid })
+      return { token, sessionId, expiresAt }
+    }
+    return await this.sessions.issue(result.user, result.company, this.sessions.newSessionId(), sid)
+  }
+
+  mapClaims (claims: Claims): Identity {
+    return mapClaims(this.config, claims)
+  }
+
+  /** Steps 4–9 for claims already verified, or an `Identity` the host built. */
+  async login (input: Claims | Identity): Promise<LoginResult> {
+    const identity = looksLikeIdentity(input) ? input : this.mapClaims(input)
+    return await runLogin(this.config, this.#directory, identity)
+  }
+
+  /** A Keycloak access token issued to this client, verified; its claims. */
+  async verifyAccessToken (token: string): Promise<JWTPayload> {
+    return await verifyAccessToken(token, this.#verifyOptions())
+  }
+
+  async verifySession (token: string | undefined): Promise<SessionClaims | null> {
+    return token === undefined || token === '' ? null : await this.sessions.verify(token)
+  }
+
+  /**
+   * Revokes the session and, when `idp_logout` is on and the ID token of the login is at hand, gives
+   * Keycloak's end-session URL to send the browser to.
+   */
+  async logout (token: string | undefined, sealedIdToken: string | undefined, postLogoutRedirectUri: string): Promise<{ redirectUrl?: string }> {
+    const claims = await this.verifySession(token)
+    if (claims !== null) await this.#revocations.revoke(claims.session_id, claims.exp)
+    if (!this.config.idpLogout || sealedIdToken === undefined || sealedIdToken === '') return {}
+    let idToken: unknown
+    try {
+      idToken = (await this.#idTokens.open(sealedIdToken)).idt
+    } catch {
+      return {}
+    }
+    if (typeof idToken !== 'string') return {}
+    const endpoints = await this.endpoints.get()
+    const url = new URL(endpoints.endSession!)
+    url.searchParams.set('id_token_hint', idToken)
+    url.searchParams.set('client_id', this.config.clientId)
+    url.searchParams.set('post_logout_redirect_uri', postLogoutRedirectUri)
+    return { redirectUrl: url.href }
+  }
+}
+
+/** Keycloak's `error` value for the log: only when it looks like an OAuth error code. */
+function sanitizeOAuthError (error: string): string {
+  return /^[a-z_]{1,64}$/.test(error) ? error : '(malformed)'
+}
+
+/** ID-token claims that describe the token, not the user, and must not shadow user claims. */
+function withoutProtocolClaims (claims: JWTPayload): Claims {
+  const { aud, azp, nonce, typ, at_hash: atHash, c_hash: cHash, auth_time: authTime, exp, iat, ...rest } = claims
+  return rest
+}

@@ -1,0 +1,61 @@
+/**
+ * Verification of Keycloak's tokens with jose (SPEC section 5 step 3). Every check that fails is an
+ * `invalid_token` whose message names the check, never the token.
+ */
+import { errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose'
+import { SsoError } from './errors.js'
+import { timingSafeEqualText } from './crypto.js'
+
+export interface VerifyOptions {
+  issuer: string
+  clientId: string
+  algorithms: string[]
+  clockToleranceSec: number
+  getKey: JWTVerifyGetKey
+}
+
+async function verify (token: string, what: string, options: VerifyOptions, audience?: string): Promise<JWTPayload> {
+  try {
+    const { payload } = await jwtVerify(token, options.getKey, {
+      issuer: options.issuer,
+      audience,
+      algorithms: options.algorithms,
+      clockTolerance: options.clockToleranceSec,
+      requiredClaims: ['exp', 'iat', 'sub']
+    })
+    return payload
+  } catch (err) {
+    if (err instanceof SsoError) throw err
+    const code = err instanceof errors.JOSEError ? err.code : 'ERR_MALFORMED'
+    const claim = err instanceof errors.JWTClaimValidationFailed ? ` (${err.claim})` : ''
+    throw new SsoError('invalid_token', `${what} rejected: ${code}${claim}`, { cause: err })
+  }
+}
+
+function reject (what: string, reason: string): never {
+  throw new SsoError('invalid_token', `${what} rejected: ${reason}`)
+}
+
+/** The ID token: signature, `iss`, `aud` ∋ client, `azp`, `exp`/`iat`/`sub`, `nonce`. */
+export async function verifyIdToken (token: string, options: VerifyOptions & { nonce: string }): Promise<JWTPayload> {
+  const claims = await verify(token, 'ID token', options, options.clientId)
+  const audiences = Array.isArray(claims.aud) ? claims.aud : [claims.aud]
+  // OpenID Connect Core 3.1.3.7: azp must be the client when present, and must be present when
+  // the token has several audiences.
+  if ((claims.azp !== undefined || audiences.length > 1) && claims.azp !== options.clientId) reject('ID token', 'azp is not this client')
+  if (claims.typ !== undefined && claims.typ !== 'ID') reject('ID token', 'typ is not ID')
+  if (typeof claims.nonce !== 'string' || !timingSafeEqualText(claims.nonce, options.nonce)) reject('ID token', 'nonce does not match the login')
+  return claims
+}
+
+/**
+ * Keycloak's access token. Its `aud` is usually `account` (or absent) unless an Audience mapper adds
+ * the client, so the client is checked through `azp`, the party the token was issued to.
+ */
+export async function verifyAccessToken (token: string, options: VerifyOptions & { subject?: string }): Promise<JWTPayload> {
+  const claims = await verify(token, 'access token', options)
+  if (claims.typ !== undefined && claims.typ !== 'Bearer') reject('access token', 'typ is not Bearer')
+  if (claims.azp !== options.clientId) reject('access token', 'azp is not this client')
+  if (options.subject !== undefined && claims.sub !== options.subject) reject('access token', 'sub differs from the ID token')
+  return claims
+}

@@ -1,0 +1,159 @@
+/**
+ * The plugin: validates its options and the configuration at register time, decorates
+ * `fastify.keycloak` and `request.clearmlIdentity`, and registers the routes in their own context.
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import fastifyCookie from '@fastify/cookie'
+import type { JWTPayload } from 'jose'
+import { readConfig, settingName, type KeycloakConfig, type KeycloakConfigOverrides } from '../lib/config.js'
+import type { UserDirectory } from '../lib/directory.js'
+import { DIRECTORY_METHODS } from '../lib/directory.js'
+import { errorEnvelope } from '../lib/envelope.js'
+import { ConfigError } from '../lib/errors.js'
+import type { Claims, Identity } from '../lib/identity.js'
+import type { LoginResult } from '../lib/login.js'
+import { MemoryRevocationStore, type RevocationStore } from '../lib/revocations.js'
+import type { SessionClaims, SessionIdentity } from '../lib/session.js'
+import { KeycloakSso, type IssueToken } from '../lib/sso.js'
+import { routeLogSerializers, routes } from './routes.js'
+
+export interface ClearmlKeycloakOptions {
+  /** The host's users and groups; `MemoryDirectory` for demos and tests. */
+  directory: UserDirectory
+  /** Public origin of the ClearML web app; the callback is `<webappUrl>/callback_keycloak`. */
+  webappUrl: string
+  /** Where `CLEARML__...` variables are read; default `process.env`. */
+  env?: Record<string, string | undefined>
+  /** Settings from code, merged over what `env` gives. */
+  config?: KeycloakConfigOverrides
+  /** Prefix of the plugin's routes. */
+  prefix?: string
+  routes?: { supportedModes?: boolean }
+  /** Issue the session token yourself instead of the ClearML-compatible HS256 token. */
+  issueToken?: IssueToken
+  /** Where logouts are remembered; default in memory. Share one across apiserver instances. */
+  revocations?: RevocationStore
+  /** How many verified session tokens are kept for fast `authenticate`; default 10,000. */
+  sessionCacheMax?: number
+}
+
+export interface SupportedModes {
+  authenticated: boolean
+  sso: Record<string, string>
+  sso_providers: Array<{ name: string, display_name: string, url: string }>
+}
+
+export interface ClearmlKeycloakDecorator {
+  config: KeycloakConfig
+  supportedModes(request?: FastifyRequest): Promise<SupportedModes>
+  verifyAccessToken(token: string): Promise<JWTPayload>
+  mapClaims(claims: Claims): Identity
+  login(input: Claims | Identity): Promise<LoginResult>
+  authenticate(request: FastifyRequest, reply: FastifyReply): Promise<void>
+  /** The service behind the routes; for tests, benchmarks and advanced hosts. */
+  sso: KeycloakSso
+}
+
+export interface ClearmlIdentity extends SessionIdentity {
+  session_id: string
+  exp: number
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    keycloak: ClearmlKeycloakDecorator
+  }
+  interface FastifyRequest {
+    clearmlIdentity: ClearmlIdentity | null
+  }
+}
+
+function checkOptions (options: ClearmlKeycloakOptions): string {
+  if (options === null || typeof options !== 'object') throw new TypeError('fastify-clearml-keycloak: options are required')
+  const { directory, webappUrl } = options
+  const missing = directory == null ? [] : DIRECTORY_METHODS.filter((method) => typeof (directory as unknown as Record<string, unknown>)[method] !== 'function')
+  if (directory == null) throw new TypeError('fastify-clearml-keycloak: the "directory" option is required (a UserDirectory, e.g. new MemoryDirectory())')
+  if (missing.length > 0) throw new TypeError(`fastify-clearml-keycloak: "directory" lacks the UserDirectory method(s) ${missing.join(', ')}`)
+  if (typeof webappUrl !== 'string' || webappUrl === '') throw new TypeError('fastify-clearml-keycloak: the "webappUrl" option is required (the public origin of the ClearML web app)')
+  let url: URL
+  try {
+    url = new URL(webappUrl)
+  } catch {
+    throw new TypeError('fastify-clearml-keycloak: "webappUrl" must be an absolute http(s) URL')
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new TypeError('fastify-clearml-keycloak: "webappUrl" must be an absolute http(s) URL')
+  return url.origin
+}
+
+async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: ClearmlKeycloakOptions): Promise<void> {
+  const webappUrl = checkOptions(options)
+  const { config, warnings } = readConfig(options.env ?? process.env, options.config)
+  if (config.tokenSecret === undefined && options.issueToken === undefined) {
+    throw new ConfigError([{ variable: settingName('tokenSecret'), message: 'is required to sign session tokens (or pass the issueToken option)' }])
+  }
+  for (const warning of warnings) fastify.log.warn(`fastify-clearml-keycloak: ${warning.variable} ${warning.message}`)
+
+  if (!fastify.hasDecorator('parseCookie')) await fastify.register(fastifyCookie)
+
+  const revocations = options.revocations ?? new MemoryRevocationStore()
+  const sso = new KeycloakSso({
+    config,
+    directory: options.directory,
+    webappUrl,
+    log: fastify.log,
+    revocations,
+    issueToken: options.issueToken,
+    sessionCacheMax: options.sessionCacheMax
+  })
+
+  const cookieName = config.sessionCookieName
+  const tokenOf = (request: FastifyRequest): string | undefined => {
+    const fromCookie = request.cookies[cookieName]
+    if (fromCookie !== undefined && fromCookie !== '') return fromCookie
+    const header = request.headers.authorization
+    if (header !== undefined && header.length > 7 && header.slice(0, 7).toLowerCase() === 'bearer ') return header.slice(7).trim()
+    return undefined
+  }
+
+  const prefix = (options.prefix ?? '').replace(/\/+$/, '')
+  const loginUrl = `${prefix}/login/keycloak`
+  const supportedModes = async (request?: FastifyRequest): Promise<SupportedModes> => ({
+    authenticated: request === undefined ? false : (await sso.verifySession(tokenOf(request))) !== null,
+    sso: { keycloak: loginUrl },
+    sso_providers: [{ name: 'keycloak', display_name: config.displayName, url: loginUrl }]
+  })
+
+  const unauthorized = errorEnvelope('authenticate', 401, 'invalid_token')
+  const authenticate = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    const claims: SessionClaims | null = await sso.verifySession(tokenOf(request))
+    if (claims === null) {
+      await reply.code(401).send(unauthorized)
+      return
+    }
+    request.clearmlIdentity = { ...claims.identity, session_id: claims.session_id, exp: claims.exp }
+  }
+
+  fastify.decorateRequest('clearmlIdentity', null)
+  fastify.decorate('keycloak', {
+    config,
+    supportedModes,
+    verifyAccessToken: async (token: string) => await sso.verifyAccessToken(token),
+    mapClaims: (claims: Claims) => sso.mapClaims(claims),
+    login: async (input: Claims | Identity) => await sso.login(input),
+    authenticate,
+    sso
+  } satisfies ClearmlKeycloakDecorator)
+
+  await fastify.register(routes, {
+    prefix,
+    logSerializers: routeLogSerializers,
+    sso,
+    webappUrl,
+    supportedModes: options.routes?.supportedModes !== false,
+    tokenOf,
+    supportedModesData: supportedModes
+  })
+}
+
+export const clearmlKeycloak = fp(clearmlKeycloakPlugin, { fastify: '5.x', name: 'fastify-clearml-keycloak' })

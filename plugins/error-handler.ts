@@ -1,0 +1,38 @@
+/**
+ * The one place where a refusal becomes an HTTP answer (SPEC section 8): browser routes redirect to
+ * `/login?sso_error=<code>`, JSON routes answer the ClearML envelope with the code. Nothing of the
+ * request (codes, tokens) is echoed; the reason goes to the log.
+ */
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { errorEnvelope } from '../lib/envelope.js'
+import { SsoError } from '../lib/errors.js'
+
+export interface RouteMeta {
+  /** ClearML endpoint name for the envelope, e.g. `login.sso_callback`. */
+  endpoint: string
+  /** Browser routes answer refusals with a redirect instead of JSON. */
+  browser?: boolean
+}
+
+export function toSsoError (error: FastifyError | SsoError): SsoError {
+  if (error instanceof SsoError) return error
+  const status = error.statusCode ?? 500
+  // Fastify's own refusals of a malformed request (bad JSON, schema, content type) are the client's.
+  if (status >= 400 && status < 500) return new SsoError('bad_request', error.message)
+  return new SsoError('internal_error', 'unexpected error', { cause: error })
+}
+
+export async function ssoErrorHandler (error: FastifyError | SsoError, request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const sso = toSsoError(error)
+  const meta = request.routeOptions.config as unknown as RouteMeta
+  if (sso.code === 'internal_error') {
+    request.log.error({ err: sso.cause }, 'Keycloak SSO: unexpected error')
+  } else {
+    request.log.warn({ sso_error: sso.code, reason: sso.message }, 'Keycloak SSO refused')
+  }
+  if (meta.browser === true) {
+    await reply.redirect(`/login?sso_error=${sso.code}`, 302)
+    return
+  }
+  await reply.code(sso.statusCode).send(errorEnvelope(meta.endpoint ?? 'login', sso.statusCode, sso.code))
+}

@@ -1,0 +1,162 @@
+/**
+ * The HTTP surface of SPEC section 4. Handlers are thin: they read the request, call the SSO service,
+ * and set cookies; refusals are thrown and answered by `ssoErrorHandler`. Registered in its own
+ * encapsulated context so its error handler, validator and log serializers stay out of the host's.
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import type { Static } from 'typebox'
+import { cookiePolicy, ID_TOKEN_COOKIE } from '../lib/cookies.js'
+import { envelope } from '../lib/envelope.js'
+import { SsoError } from '../lib/errors.js'
+import { safeReturnPath, sameOriginUrl } from '../lib/redirects.js'
+import type { CompletedLogin, KeycloakSso } from '../lib/sso.js'
+import { transactionCookieName } from '../lib/transaction.js'
+import {
+  AuthorizeData, AuthorizeInput, BrowserLoginQuery, CallbackQuery, Envelope, LogoutData, LogoutInput,
+  SsoCallbackData, SsoCallbackInput, SupportedModesData, SupportedModesInput
+} from '../schemas/routes.js'
+import { ssoErrorHandler, type RouteMeta } from './error-handler.js'
+
+export interface RoutesOptions {
+  sso: KeycloakSso
+  webappUrl: string
+  supportedModes: boolean
+  /** The session token of a request: the session cookie, else `Authorization: Bearer`. */
+  tokenOf: (request: FastifyRequest) => string | undefined
+  /** `login.supported_modes`' data; shared with the `supportedModes()` decorator. */
+  supportedModesData: (request?: FastifyRequest) => Promise<Static<typeof SupportedModesData>>
+}
+
+const REDACTED_PARAMS = new Set(['code', 'state', 'session_state', 'id_token_hint', 'iss'])
+
+/** Request log line without the callback's secrets: the authorization code lives in the query. */
+function redactedRequest (request: FastifyRequest): Record<string, unknown> {
+  const [path, query] = request.url.split('?', 2)
+  let url = path
+  if (query !== undefined) {
+    const params = new URLSearchParams(query)
+    for (const key of params.keys()) if (REDACTED_PARAMS.has(key)) params.set(key, '[redacted]')
+    url += '?' + params.toString()
+  }
+  return { method: request.method, url, host: request.host, remoteAddress: request.ip }
+}
+
+const meta = (endpoint: string, browser = false): { config: RouteMeta } => ({ config: { endpoint, browser } })
+
+export async function routes (fastify: FastifyInstance, options: RoutesOptions): Promise<void> {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
+  const { sso, webappUrl } = options
+  const cookies = cookiePolicy(webappUrl)
+  const loginPage = new URL('/login', webappUrl).href
+
+  app.setValidatorCompiler(TypeBoxValidatorCompiler)
+  app.setErrorHandler(ssoErrorHandler)
+  // A POST without a body is an empty request, as ClearML's clients send for parameterless calls.
+  app.addHook('preValidation', async (request) => {
+    if (request.method === 'POST' && (request.body === undefined || request.body === null)) request.body = {}
+  })
+
+  // Only this callback's transaction: another tab may be in the middle of its own login.
+  const clearTransactionCookie = (request: FastifyRequest, reply: FastifyReply, state: string | undefined): void => {
+    if (state === undefined || state === '') return
+    const name = transactionCookieName(state)
+    if (request.cookies[name] !== undefined) reply.clearCookie(name, cookies.clear())
+  }
+
+  const setSessionCookies = (reply: FastifyReply, login: CompletedLogin): void => {
+    const maxAge = Math.max(0, login.expiresAt - Math.floor(Date.now() / 1000))
+    reply.setCookie(sso.config.sessionCookieName, login.token, cookies.session(maxAge))
+    if (login.sealedIdToken !== undefined) reply.setCookie(ID_TOKEN_COOKIE, login.sealedIdToken, cookies.session(maxAge))
+  }
+
+  const callbackParams = (query: Static<typeof CallbackQuery>) => ({ code: query.code, state: query.state, iss: query.iss, error: query.error })
+
+  const startLogin = async (request: FastifyRequest, reply: FastifyReply, input: { returnTo: string, redirectUri?: string, appState?: string }): Promise<string> => {
+    const started = await sso.startLogin(input)
+    reply.setCookie(started.cookieName, started.cookieValue, cookies.transaction())
+    return started.url
+  }
+
+  const requireKeycloak = (provider: string | undefined): void => {
+    if (provider !== undefined && provider !== 'keycloak') throw new SsoError('bad_request', 'provider must be "keycloak"')
+  }
+
+  // login.supported_modes ---------------------------------------------------------------------
+  if (options.supportedModes) {
+    const handler = async (request: FastifyRequest) => envelope('login.supported_modes', await options.supportedModesData(request))
+    const response = { 200: Envelope(SupportedModesData) }
+    app.post('/login.supported_modes', { ...meta('login.supported_modes'), schema: { body: SupportedModesInput, response } }, handler)
+    app.get('/login.supported_modes', { ...meta('login.supported_modes'), schema: { querystring: SupportedModesInput, response } }, handler)
+  }
+
+  // login.sso_authorize -----------------------------------------------------------------------
+  const authorize = async (request: FastifyRequest, reply: FastifyReply, input: Static<typeof AuthorizeInput>) => {
+    requireKeycloak(input.provider)
+    let redirectUri: string | undefined
+    if (input.callback_url !== undefined) {
+      // The code must only ever travel to the web app's own origin.
+      redirectUri = sameOriginUrl(input.callback_url, webappUrl, '')
+      if (redirectUri === '') throw new SsoError('bad_request', 'callback_url must be on the web app\'s origin')
+    }
+    const url = await startLogin(request, reply, { returnTo: '/', redirectUri, appState: input.state })
+    return envelope('login.sso_authorize', { redirect_url: url })
+  }
+  const authorizeResponse = { 200: Envelope(AuthorizeData) }
+  app.post('/login.sso_authorize', { ...meta('login.sso_authorize'), schema: { body: AuthorizeInput, response: authorizeResponse } },
+    async (request, reply) => await authorize(request, reply, request.body))
+  app.get('/login.sso_authorize', { ...meta('login.sso_authorize'), schema: { querystring: AuthorizeInput, response: authorizeResponse } },
+    async (request, reply) => await authorize(request, reply, request.query))
+
+  // Browser login -----------------------------------------------------------------------------
+  app.get('/login/keycloak', { ...meta('login.keycloak', true), schema: { querystring: BrowserLoginQuery } }, async (request, reply) => {
+    const url = await startLogin(request, reply, { returnTo: safeReturnPath(request.query.redirect) })
+    return reply.redirect(url, 302)
+  })
+
+  app.get('/callback_keycloak', { ...meta('login.callback', true), schema: { querystring: CallbackQuery } }, async (request, reply) => {
+    clearTransactionCookie(request, reply, request.query.state)
+    const login = await sso.completeLogin(callbackParams(request.query), (name) => request.cookies[name])
+    setSessionCookies(reply, login)
+    return reply.redirect(safeReturnPath(login.transaction.returnTo), 302)
+  })
+
+  app.post('/login.sso_callback', { ...meta('login.sso_callback'), schema: { body: SsoCallbackInput, response: { 200: Envelope(SsoCallbackData) } } }, async (request, reply) => {
+    requireKeycloak(request.body.provider)
+    clearTransactionCookie(request, reply, request.body.args.state)
+    const login = await sso.completeLogin(callbackParams(request.body.args), (name) => request.cookies[name])
+    setSessionCookies(reply, login)
+    return envelope('login.sso_callback', {
+      login_status: 'logged_in' as const,
+      user_id: login.result.user.id,
+      company_id: login.result.company.id,
+      ...(request.body.return_token === true ? { token: login.token } : {}),
+      ...(login.transaction.appState !== undefined ? { state: login.transaction.appState } : {})
+    })
+  })
+
+  // Logout ------------------------------------------------------------------------------------
+  const logout = async (request: FastifyRequest, reply: FastifyReply, redirectUrl: unknown): Promise<string | undefined> => {
+    const postLogout = sameOriginUrl(redirectUrl, webappUrl, loginPage)
+    const result = await sso.logout(options.tokenOf(request), request.cookies[ID_TOKEN_COOKIE], postLogout)
+    reply.clearCookie(sso.config.sessionCookieName, cookies.clear())
+    reply.clearCookie(ID_TOKEN_COOKIE, cookies.clear())
+    return result.redirectUrl
+  }
+  const logoutResponse = { 200: Envelope(LogoutData) }
+  app.post('/login.logout', { ...meta('login.logout'), schema: { body: LogoutInput, response: logoutResponse } }, async (request, reply) => {
+    const redirectUrl = await logout(request, reply, request.body.redirect_url)
+    return envelope('login.logout', redirectUrl === undefined ? {} : { redirect_url: redirectUrl })
+  })
+  app.get('/login.logout', { ...meta('login.logout'), schema: { querystring: LogoutInput, response: logoutResponse } }, async (request, reply) => {
+    const redirectUrl = await logout(request, reply, request.query.redirect_url)
+    return envelope('login.logout', redirectUrl === undefined ? {} : { redirect_url: redirectUrl })
+  })
+  app.get('/logout', { ...meta('logout', true), schema: { querystring: LogoutInput } }, async (request, reply) => {
+    const redirectUrl = await logout(request, reply, request.query.redirect_url)
+    return reply.redirect(redirectUrl ?? '/login', 302)
+  })
+}
+
+// Fastify types serializers as returning strings; pino accepts objects, which is what its own do.
+export const routeLogSerializers = { req: redactedRequest } as unknown as Record<string, (value: unknown) => string>

@@ -1,0 +1,75 @@
+/**
+ * TypeBox schemas of the HTTP surface (SPEC section 4): request bodies and query strings, and the
+ * ClearML envelope of each answer. Extra properties are allowed on requests, as ClearML's own
+ * clients send fields this plugin does not use.
+ */
+import Type, { type TSchema } from 'typebox'
+
+const Provider = Type.Optional(Type.String({ maxLength: 64 }))
+const Text = (maxLength = 4096) => Type.Optional(Type.String({ maxLength }))
+
+export const SupportedModesInput = Type.Object({}, { additionalProperties: true })
+
+export const AuthorizeInput = Type.Object({
+  provider: Provider,
+  callback_url: Text(2048),
+  state: Text(1024)
+}, { additionalProperties: true })
+
+export const BrowserLoginQuery = Type.Object({
+  redirect: Text(2048)
+}, { additionalProperties: true })
+
+/** The callback's query as Keycloak sends it; every field is checked by the login itself. */
+export const CallbackQuery = Type.Object({
+  code: Text(),
+  state: Text(1024),
+  iss: Text(2048),
+  session_state: Text(1024),
+  error: Text(256),
+  error_description: Text(2048)
+}, { additionalProperties: true })
+
+export const SsoCallbackInput = Type.Object({
+  provider: Provider,
+  callback_url: Text(2048),
+  args: CallbackQuery,
+  return_token: Type.Optional(Type.Boolean())
+}, { additionalProperties: true })
+
+export const LogoutInput = Type.Object({
+  redirect_url: Text(2048)
+}, { additionalProperties: true })
+
+const Meta = Type.Object({
+  id: Type.String(),
+  trx: Type.String(),
+  endpoint: Type.Object({ name: Type.String(), requested_version: Type.String(), actual_version: Type.String() }),
+  result_code: Type.Integer(),
+  result_subcode: Type.Integer(),
+  result_msg: Type.String(),
+  error_stack: Type.Null(),
+  error_data: Type.Object({}, { additionalProperties: true })
+})
+
+export const Envelope = <T extends TSchema>(data: T) => Type.Object({ meta: Meta, data })
+
+export const SsoProvider = Type.Object({ name: Type.String(), display_name: Type.String(), url: Type.String() })
+
+export const SupportedModesData = Type.Object({
+  authenticated: Type.Boolean(),
+  sso: Type.Record(Type.String(), Type.String()),
+  sso_providers: Type.Array(SsoProvider)
+})
+
+export const AuthorizeData = Type.Object({ redirect_url: Type.String() })
+
+export const SsoCallbackData = Type.Object({
+  login_status: Type.Literal('logged_in'),
+  user_id: Type.String(),
+  company_id: Type.String(),
+  token: Type.Optional(Type.String()),
+  state: Type.Optional(Type.String())
+})
+
+export const LogoutData = Type.Object({ redirect_url: Type.Optional(Type.String()) })

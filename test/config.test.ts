@@ -1,0 +1,240 @@
+import t from 'tap'
+import { inspect } from 'node:util'
+import { ConfigError, loadConfig, readConfig } from '../index.js'
+import { hoconText, parseHoconValue, readClearmlEnv } from '../lib/clearml-env.js'
+import { issuerOf, settingName } from '../lib/config.js'
+
+const KC = 'CLEARML__services__login__sso__oauth_client__keycloak__'
+const KCS = 'CLEARML__secure__login__sso__oauth_client__keycloak__'
+const minimal = {
+  [`${KC}base_url`]: 'https://kc.example.com/realms/clearml',
+  [`${KCS}client_id`]: 'clearml',
+  [`${KCS}client_secret`]: 'the-client-secret'
+}
+
+const problemsOf = (env: Record<string, string>): string[] => {
+  try {
+    loadConfig(env)
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems.map((p) => `${p.variable} ${p.message}`)
+    throw err
+  }
+  return []
+}
+
+t.test('the variables of ClearML\'s Keycloak documentation, exactly as written there', async (t) => {
+  // https://clear.ml/docs/latest/docs/deploying_clearml/enterprise_deploy/extra_configs/sso/sso_keycloak_oauth/
+  // A compose file's `"${KEYCLOAK_AUTH_CLIENT_ID}"` arrives with its literal quotes after substitution.
+  const config = loadConfig({
+    [`${KC}base_url`]: 'https://kc.example.com/realms/clearml/',
+    [`${KC}authorize_url`]: 'https://kc.example.com/realms/clearml/protocol/openid-connect/auth',
+    [`${KC}access_token_url`]: 'https://kc.example.com/realms/clearml/protocol/openid-connect/token',
+    [`${KCS}client_id`]: '"clearml-webapp"',
+    [`${KCS}client_secret`]: '"s3cr3t with spaces"',
+    [`${KC}idp_logout`]: 'true',
+    [`${KC}claims__name`]: 'preferred_username',
+    [`${KCS}default_company`]: '"d1bd92a3b039400cbafc60a7a5b1e52b"',
+    [`${KC}groups__enabled`]: 'true',
+    [`${KC}groups__claim`]: 'groups',
+    [`${KC}groups__admins`]: '["kc-admins"]',
+    [`${KC}groups__prohibit_user_signup_if_not_in_group`]: 'true',
+    [`${KC}admin_role`]: '',
+    [`${KC}get_info_from_access_token`]: 'false'
+  })
+  t.equal(config.baseUrl, 'https://kc.example.com/realms/clearml', 'trailing / of the documented base_url dropped')
+  t.equal(config.authorizeUrl, 'https://kc.example.com/realms/clearml/protocol/openid-connect/auth', 'URL with // kept whole')
+  t.equal(config.clientId, 'clearml-webapp', 'literal quotes removed')
+  t.equal(config.clientSecret, 's3cr3t with spaces')
+  t.equal(config.idpLogout, true)
+  t.equal(config.claims.name, 'preferred_username')
+  t.equal(config.claims.username, 'preferred_username')
+  t.equal(config.defaultCompany, 'd1bd92a3b039400cbafc60a7a5b1e52b')
+  t.same(config.groups, { enabled: true, claim: 'groups', admins: ['kc-admins'], prohibitUserSignupIfNotInGroup: true, caseSensitive: true })
+  t.equal(config.adminRole, null, 'admin_role= (empty) disables role management')
+  t.equal(config.getInfoFromAccessToken, false)
+})
+
+t.test('defaults of SPEC 3.2 with only the required keys', async (t) => {
+  const config = loadConfig(minimal)
+  t.match(config, {
+    idpLogout: false,
+    getInfoFromAccessToken: true,
+    adminRole: 'admin',
+    claims: { userId: 'sub', email: 'email', name: 'name', username: 'preferred_username', givenName: 'given_name', familyName: 'family_name', avatar: 'picture' },
+    groups: { enabled: false, claim: 'groups', admins: [], prohibitUserSignupIfNotInGroup: false, caseSensitive: true },
+    scope: 'openid profile email',
+    displayName: 'Keycloak',
+    sessionCookieName: 'clearml_token_basic',
+    sessionExpirationSec: 2592000,
+    algorithms: ['RS256']
+  })
+  t.equal(config.defaultCompany, undefined)
+  t.equal(config.tokenSecret, undefined)
+  t.ok(Object.isFrozen(config) && Object.isFrozen(config.groups.admins), 'the resolved config cannot be changed by accident')
+})
+
+t.test('value parsing, as ClearML\'s HOCON reader does', async (t) => {
+  const cases: Array<[string, string, unknown]> = [
+    ['JSON string', '"abc"', 'abc'],
+    ['JSON list', '["a","b"]', ['a', 'b']],
+    ['JSON true', 'true', true],
+    ['case-insensitive literal', 'TRUE', true],
+    ['False', 'False', false],
+    ['null', 'Null', null],
+    ['integer', '42', 42],
+    ['float', '1.5', 1.5],
+    ['unquoted list', '[a, b]', ['a', 'b']],
+    ['unquoted list with a quoted item', '[a, "b c"]', ['a', 'b c']],
+    ['empty list', '[]', []],
+    ['empty text', '', null],
+    ['blank text', '   ', null],
+    ['URL with //', 'https://kc/realms/x', 'https://kc/realms/x'],
+    ['plain text', 'hello', 'hello']
+  ]
+  for (const [name, raw, expected] of cases) t.same(parseHoconValue(raw), expected, name)
+  t.equal(hoconText('007'), '007', 'string keys keep digits as text')
+  t.equal(hoconText('"007"'), '007')
+  t.equal(hoconText('"unterminated'), '"unterminated')
+  t.equal(hoconText('""'), '')
+  t.equal(hoconText(''), null)
+})
+
+t.test('an all-digit client_id and default_company stay strings', async (t) => {
+  const config = loadConfig({ ...minimal, [`${KCS}client_id`]: '007', [`${KCS}default_company`]: '1234567890' })
+  t.equal(config.clientId, '007')
+  t.equal(config.defaultCompany, '1234567890')
+})
+
+t.test('CLEARML__ wins over TRAINS__, whatever the order of the environment', async (t) => {
+  const trains = 'TRAINS__secure__login__sso__oauth_client__keycloak__client_id'
+  t.equal(loadConfig({ [trains]: 'from-trains', ...minimal }).clientId, 'clearml')
+  t.equal(loadConfig({ ...minimal, [trains]: 'from-trains' }).clientId, 'clearml')
+  const { [`${KCS}client_id`]: _, ...withoutClearml } = minimal
+  t.equal(loadConfig({ ...withoutClearml, [trains]: 'from-trains' }).clientId, 'from-trains', 'TRAINS__ alone is read')
+  t.same([...readClearmlEnv({ clearml__x: '1', CLEARML__: '2', OTHER: '3' }).keys()], [], 'prefixes are upper case and a path is needed')
+})
+
+t.test('paths are case-insensitive after the prefix', async (t) => {
+  const config = loadConfig({
+    ...minimal,
+    CLEARML__SERVICES__LOGIN__SSO__OAUTH_CLIENT__KEYCLOAK__IDP_LOGOUT: 'true',
+    CLEARML__Services__Login__Sso__Oauth_Client__Keycloak__Groups__Enabled: 'true'
+  })
+  t.equal(config.idpLogout, true)
+  t.equal(config.groups.enabled, true)
+})
+
+t.test('unquoted HOCON list for groups.admins, numbers in it kept as names', async (t) => {
+  t.same(loadConfig({ ...minimal, [`${KC}groups__admins`]: '[kc-admins, ops]' }).groups.admins, ['kc-admins', 'ops'])
+  t.same(loadConfig({ ...minimal, [`${KC}groups__admins`]: '[42]' }).groups.admins, ['42'])
+})
+
+t.test('the other ClearML keys the plugin reads', async (t) => {
+  const config = loadConfig({
+    ...minimal,
+    CLEARML__secure__auth__token_secret: 'tok',
+    CLEARML__apiserver__auth__session_auth_cookie_name: 'my_cookie',
+    CLEARML__services__auth__default_expiration_sec: '3600'
+  })
+  t.equal(config.tokenSecret, 'tok')
+  t.equal(config.sessionCookieName, 'my_cookie')
+  t.equal(config.sessionExpirationSec, 3600)
+})
+
+t.test('every missing or malformed key is reported at once, named by its variable', async (t) => {
+  t.same(problemsOf({}), [
+    `${KCS}client_id is required`,
+    `${KCS}client_secret is required`,
+    `${KC}authorize_url is required when ${KC}base_url is not set`,
+    `${KC}access_token_url is required when ${KC}base_url is not set`,
+    `${KC}jwks_url is required when ${KC}base_url is not set`
+  ])
+  const malformed: Array<[string, Record<string, string>, string]> = [
+    ['base_url not a URL', { [`${KC}base_url`]: 'kc.example.com/realms/x' }, `${KC}base_url must be an absolute http(s) URL`],
+    ['base_url with another scheme', { [`${KC}base_url`]: 'ftp://kc.example.com/realms/x' }, `${KC}base_url must be an absolute http(s) URL`],
+    ['authorize_url relative', { [`${KC}authorize_url`]: '/protocol/openid-connect/auth' }, `${KC}authorize_url must be an absolute http(s) URL`],
+    ['idp_logout not a boolean', { [`${KC}idp_logout`]: 'yes please' }, `${KC}idp_logout must be true or false`],
+    ['groups.enabled a number', { [`${KC}groups__enabled`]: '1' }, `${KC}groups__enabled must be true or false`],
+    ['expiration not a number', { CLEARML__services__auth__default_expiration_sec: 'month' }, 'CLEARML__services__auth__default_expiration_sec must be a whole number'],
+    ['expiration too short', { CLEARML__services__auth__default_expiration_sec: '5' }, 'CLEARML__services__auth__default_expiration_sec must be >= 60'],
+    ['admins not a list', { [`${KC}groups__admins`]: '{"a":1}' }, `${KC}groups__admins must be a list of names, e.g. ["kc-admins"]`],
+    ['unexpanded variable', { [`${KCS}client_id`]: '"${KEYCLOAK_AUTH_CLIENT_ID}"' }, `${KCS}client_id looks like an unexpanded shell variable (the value is literally \`\${KEYCLOAK_AUTH_CLIENT_ID}\`)`],
+    ['empty client_secret', { [`${KCS}client_secret`]: '' }, `${KCS}client_secret is required`]
+  ]
+  for (const [name, env, expected] of malformed) {
+    t.same(problemsOf({ ...minimal, ...env }), [expected], name)
+  }
+})
+
+t.test('no base_url: every endpoint must be given, and the issuer comes from the authorization URL', async (t) => {
+  const { [`${KC}base_url`]: _, ...noBase } = minimal
+  const endpoints = {
+    [`${KC}authorize_url`]: 'https://kc/realms/r/protocol/openid-connect/auth',
+    [`${KC}access_token_url`]: 'https://kc/realms/r/protocol/openid-connect/token',
+    [`${KC}jwks_url`]: 'https://kc/realms/r/protocol/openid-connect/certs'
+  }
+  const config = loadConfig({ ...noBase, ...endpoints })
+  t.equal(issuerOf(config), 'https://kc/realms/r')
+  t.same(problemsOf({ ...noBase, ...endpoints, [`${KC}get_info_from_access_token`]: 'false' }), [`${KC}userinfo_url is required when ${KC}base_url is not set`])
+  t.same(problemsOf({ ...noBase, ...endpoints, [`${KC}authorize_url`]: 'https://idp/authorize' }), [
+    `${KC}base_url is required: it is the token issuer, and the authorization URL does not have Keycloak's shape to derive it from`
+  ])
+})
+
+t.test('secrets never appear in errors, serialization or inspection', async (t) => {
+  const env = { ...minimal, [`${KCS}client_secret`]: '${TOP_SECRET}', CLEARML__secure__auth__token_secret: 'tok-secret-value' }
+  const problems = problemsOf(env).join('\n')
+  t.notMatch(problems, 'TOP_SECRET')
+  const config = loadConfig({ ...minimal, CLEARML__secure__auth__token_secret: 'tok-secret-value' })
+  const json = JSON.stringify(config)
+  t.notMatch(json, 'the-client-secret')
+  t.notMatch(json, 'tok-secret-value')
+  t.match(JSON.parse(json), { clientSecret: '[redacted]', tokenSecret: '[redacted]', clientId: 'clearml' })
+  t.notMatch(inspect(config, { depth: 5 }), 'the-client-secret')
+  t.equal(config.clientSecret, 'the-client-secret', 'the value itself is still usable by the plugin')
+  try {
+    loadConfig({ ...minimal, [`${KCS}client_secret`]: '', [`${KC}idp_logout`]: 'maybe' })
+    t.fail('should throw')
+  } catch (err) {
+    t.ok(err instanceof ConfigError)
+    t.equal((err as ConfigError).code, 'ERR_CLEARML_KEYCLOAK_CONFIG')
+    t.match((err as Error).message, /Invalid Keycloak SSO configuration:\n {2}- /)
+  }
+})
+
+t.test('unknown keys under the provider are warnings, with a hint for a key in the wrong section', async (t) => {
+  const { warnings } = readConfig({
+    ...minimal,
+    [`${KC}client_id`]: 'x',
+    [`${KC}colour`]: 'blue',
+    CLEARML__services__something_else: 'ignored silently'
+  })
+  t.same(warnings, [
+    { variable: `${KC}client_id`, message: `is not a Keycloak setting here; did you mean ${KCS}client_id?` },
+    { variable: `${KC}colour`, message: 'is not a known Keycloak setting and is ignored' }
+  ])
+})
+
+t.test('overrides from code are merged over the environment and validated alike', async (t) => {
+  const config = loadConfig(minimal, { idpLogout: true, groups: { enabled: true }, claims: { email: 'mail' } })
+  t.equal(config.idpLogout, true)
+  t.equal(config.groups.enabled, true)
+  t.equal(config.groups.claim, 'groups', 'the rest of a section keeps its value')
+  t.equal(config.claims.email, 'mail')
+  t.equal(loadConfig({}, { clientId: 'c', clientSecret: 's', baseUrl: 'https://kc/realms/r/' }).baseUrl, 'https://kc/realms/r')
+  const problems = (overrides: object): string[] => {
+    try {
+      loadConfig(minimal, overrides)
+      return []
+    } catch (err) {
+      return (err as ConfigError).problems.map((p) => `${p.variable} ${p.message}`)
+    }
+  }
+  t.same(problems({ idpLogout: 'yes' }), ['config.idpLogout must be boolean'])
+  t.same(problems({ baseUrl: 'nope' }), ['config.baseUrl must be an absolute http(s) URL'])
+  t.same(problems({ colour: 'blue' }), ['config.colour is not a known setting'])
+  t.same(problems({ groups: { colour: 'blue' } }), ['config.groups.colour is not a known setting'])
+  t.same(problems({ groups: 'all' }), ['config.groups must be an object'], 'a section replaced by a value')
+  t.equal(settingName('tokenSecret'), 'CLEARML__secure__auth__token_secret')
+  t.equal(settingName('nonsense'), 'config.nonsense')
+})

@@ -1,0 +1,8 @@
+// Coverage is measured on the package's own code only: not on the example provider or test helpers.
+import { readdirSync } from 'node:fs'
+import { join } from 'node:path'
+
+const dirs = ['lib', 'plugins', 'schemas']
+const files = ['index.ts', ...dirs.flatMap((dir) => readdirSync(dir).filter((f) => f.endsWith('.ts')).map((f) => join(dir, f)))]
+
+export default () => files

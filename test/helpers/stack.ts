@@ -1,0 +1,121 @@
+/**
+ * A real login stack for flow tests: the Keycloak-like provider on one port, and an apiserver with
+ * the plugin on another, configured through ClearML's environment variables.
+ */
+import { createServer } from 'node:net'
+import Fastify, { type FastifyInstance } from 'fastify'
+import clearmlKeycloak, { MemoryDirectory, type ClearmlKeycloakOptions } from '../../index.js'
+import { startKeycloakLikeIdp, type KeycloakLikeIdp, type KeycloakLikeIdpOptions, type RealmUser } from '../../examples/idp/keycloak-like-idp.js'
+import { UserAgent } from './user-agent.js'
+
+export const CLIENT_ID = 'clearml'
+export const CLIENT_SECRET = 'kc-client-secret-for-tests'
+export const TOKEN_SECRET = 'clearml-token-secret-for-tests'
+
+export const KC = 'CLEARML__services__login__sso__oauth_client__keycloak__'
+export const KC_SECURE = 'CLEARML__secure__login__sso__oauth_client__keycloak__'
+
+export const USERS: RealmUser[] = [
+  { username: 'alice', password: 'alice-pw', email: 'alice@acme.com', emailVerified: true, givenName: 'Alice', familyName: 'Admin', groups: ['/ml-team'], realmRoles: ['admin'] },
+  { username: 'bob', password: 'bob-pw', email: 'bob@acme.com', emailVerified: true, givenName: 'Bob', familyName: 'Builder', groups: ['/ml-team', '/research/data-science'] },
+  { username: 'carol', password: 'carol-pw', email: 'carol@acme.com', emailVerified: true, givenName: 'Carol', familyName: 'Chief', groups: ['/kc-admins'] },
+  { username: 'dave', password: 'dave-pw', email: 'dave@acme.com', emailVerified: true, givenName: 'Dave', familyName: 'Nogroup', groups: [] },
+  { username: 'mallory', password: 'mallory-pw', email: 'mallory@evil.example', emailVerified: true, givenName: 'Mallory', groups: ['/ml-team'] },
+  { username: 'eve', password: 'eve-pw', email: 'bob@acme.com', emailVerified: false, givenName: 'Eve', groups: [] }
+]
+
+export async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+export function seedAcme (directory: MemoryDirectory): void {
+  directory.addCompany({ id: 'c-acme', name: 'Acme' })
+  directory.addGroup('c-acme', 'ml-team')
+  directory.addGroup('c-acme', 'data-science')
+  directory.addWhitelistEntry({ domain: 'acme.com', company: 'c-acme' })
+}
+
+export interface Stack {
+  idp: KeycloakLikeIdp
+  app: FastifyInstance
+  appUrl: string
+  directory: MemoryDirectory
+  env: Record<string, string>
+  logs: string[]
+  browser: () => UserAgent
+  /** Logs `username` in through the whole browser flow; returns the final page and the agent. */
+  login: (username: string, options?: { agent?: UserAgent, start?: string }) => Promise<{ agent: UserAgent, final: { url: string, status: number, body: string } }>
+  close: () => Promise<void>
+}
+
+export interface StackOptions {
+  env?: Record<string, string | undefined>
+  idp?: Partial<KeycloakLikeIdpOptions>
+  plugin?: Partial<ClearmlKeycloakOptions>
+  seed?: (directory: MemoryDirectory) => void
+  /** Register a protected route `GET /me` that answers the session identity. */
+  protectedRoute?: boolean
+}
+
+export async function startStack (options: StackOptions = {}): Promise<Stack> {
+  const port = await freePort()
+  const appUrl = `http://127.0.0.1:${port}`
+  const idp = await startKeycloakLikeIdp({
+    users: USERS,
+    clients: [{ clientId: CLIENT_ID, clientSecret: CLIENT_SECRET, redirectUris: [`${appUrl}/callback_keycloak`], postLogoutRedirectUris: [`${appUrl}/login`, `${appUrl}/bye`] }],
+    ...options.idp
+  })
+  const env: Record<string, string> = {
+    [`${KC}base_url`]: idp.issuer,
+    [`${KC_SECURE}client_id`]: `"${CLIENT_ID}"`,
+    [`${KC_SECURE}client_secret`]: `"${CLIENT_SECRET}"`,
+    CLEARML__secure__auth__token_secret: TOKEN_SECRET
+  }
+  for (const [name, value] of Object.entries(options.env ?? {})) {
+    if (value === undefined) delete env[name]
+    else env[name] = value
+  }
+  const directory = new MemoryDirectory()
+  ;(options.seed ?? seedAcme)(directory)
+
+  const logs: string[] = []
+  const app = Fastify({
+    logger: { level: 'info', stream: { write: (line: string) => { logs.push(line) } } }
+  })
+  await app.register(clearmlKeycloak, { directory, webappUrl: appUrl, env, ...options.plugin })
+  if (options.protectedRoute === true) {
+    app.get('/me', { preHandler: app.keycloak.authenticate }, async (request) => request.clearmlIdentity)
+  }
+  app.get('/', async () => 'home')
+  await app.listen({ port, host: '127.0.0.1' })
+
+  const login: Stack['login'] = async (username, opts = {}) => {
+    const agent = opts.agent ?? new UserAgent()
+    const user = USERS.find((candidate) => candidate.username === username)!
+    const loginPage = await agent.navigate(`${appUrl}${opts.start ?? '/login/keycloak'}`)
+    const final = await agent.submitLogin(loginPage, user.username, user.password)
+    return { agent, final }
+  }
+
+  return {
+    idp,
+    app,
+    appUrl,
+    directory,
+    env,
+    logs,
+    browser: () => new UserAgent(),
+    login,
+    close: async () => {
+      await app.close()
+      await idp.close()
+    }
+  }
+}

@@ -1,0 +1,100 @@
+/**
+ * A minimal browser for flow tests: a cookie jar per origin, manual redirects, and form posts, over
+ * real HTTP. It does what a browser does on the login path, so the plugin is exercised exactly as a
+ * user exercises it, without a rendering engine.
+ */
+
+export interface Hop {
+  url: string
+  status: number
+  location?: string
+  setCookies: string[]
+}
+
+export interface Page {
+  url: string
+  status: number
+  body: string
+  hops: Hop[]
+}
+
+interface StoredCookie { value: string, expires: number }
+
+export class UserAgent {
+  readonly jars = new Map<string, Map<string, StoredCookie>>()
+
+  cookies (url: string): Map<string, string> {
+    const jar = this.jars.get(new URL(url).host) ?? new Map<string, StoredCookie>()
+    const now = Date.now()
+    return new Map([...jar].filter(([, c]) => c.expires > now).map(([name, c]) => [name, c.value]))
+  }
+
+  setCookie (url: string, name: string, value: string): void {
+    const host = new URL(url).host
+    const jar = this.jars.get(host) ?? new Map<string, StoredCookie>()
+    jar.set(name, { value, expires: Number.POSITIVE_INFINITY })
+    this.jars.set(host, jar)
+  }
+
+  #store (url: string, setCookies: string[]): void {
+    const host = new URL(url).host
+    const jar = this.jars.get(host) ?? new Map<string, StoredCookie>()
+    for (const line of setCookies) {
+      const [pair, ...attributes] = line.split(';').map((part) => part.trim())
+      const eq = pair.indexOf('=')
+      const name = pair.slice(0, eq)
+      const value = pair.slice(eq + 1)
+      let expires = Number.POSITIVE_INFINITY
+      for (const attribute of attributes) {
+        const [key, val] = attribute.split('=')
+        if (key.toLowerCase() === 'max-age') expires = Date.now() + Number(val) * 1000
+        if (key.toLowerCase() === 'expires') expires = Math.min(expires, Date.parse(val))
+      }
+      if (expires <= Date.now() || value === '') jar.delete(name)
+      else jar.set(name, { value, expires })
+    }
+    this.jars.set(host, jar)
+  }
+
+  async request (url: string, init: { method?: string, form?: Record<string, string>, json?: unknown, headers?: Record<string, string> } = {}): Promise<{ status: number, location?: string, body: string, setCookies: string[], headers: Headers }> {
+    const headers: Record<string, string> = { ...init.headers }
+    const cookie = [...this.cookies(url)].map(([name, value]) => `${name}=${value}`).join('; ')
+    if (cookie !== '') headers.cookie = cookie
+    let body: string | undefined
+    if (init.form !== undefined) {
+      headers['content-type'] = 'application/x-www-form-urlencoded'
+      body = new URLSearchParams(init.form).toString()
+    } else if (init.json !== undefined) {
+      headers['content-type'] = 'application/json'
+      body = JSON.stringify(init.json)
+    }
+    const response = await fetch(url, { method: init.method ?? (body === undefined ? 'GET' : 'POST'), headers, body, redirect: 'manual' })
+    const setCookies = response.headers.getSetCookie()
+    this.#store(url, setCookies)
+    const location = response.headers.get('location') ?? undefined
+    return { status: response.status, location: location === undefined ? undefined : new URL(location, url).href, body: await response.text(), setCookies, headers: response.headers }
+  }
+
+  /** Follows redirects like a browser, stopping at the first non-redirect or at `stopAt(url)`. */
+  async navigate (url: string, init: { method?: string, form?: Record<string, string>, stopAt?: (url: string) => boolean } = {}): Promise<Page> {
+    const hops: Hop[] = []
+    let current = url
+    let answer = await this.request(current, init)
+    for (let i = 0; i < 20 && answer.status >= 300 && answer.status < 400 && answer.location !== undefined; i++) {
+      hops.push({ url: current, status: answer.status, location: answer.location, setCookies: answer.setCookies })
+      current = answer.location
+      if (init.stopAt?.(current) === true) return { url: current, status: answer.status, body: '', hops }
+      answer = await this.request(current)
+    }
+    hops.push({ url: current, status: answer.status, setCookies: answer.setCookies })
+    return { url: current, status: answer.status, body: answer.body, hops }
+  }
+
+  /** Fills and submits the identity provider's login form on `page`. */
+  async submitLogin (page: Page, username: string, password: string, init: { stopAt?: (url: string) => boolean } = {}): Promise<Page> {
+    const action = page.body.match(/<form[^>]*action="([^"]+)"/)?.[1]
+    if (action === undefined) throw new Error(`no login form on ${page.url}: ${page.body.slice(0, 200)}`)
+    const target = new URL(action.replace(/&amp;/g, '&'), page.url).href
+    return await this.navigate(target, { form: { username, password }, stopAt: init.stopAt })
+  }
+}
