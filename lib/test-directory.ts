@@ -8,6 +8,7 @@
  * The factory gets a fresh fixture per test and must return a directory holding exactly it.
  * tap is loaded only when this function runs, so it stays out of production imports.
  */
+import type { Test } from 'tap'
 import type { Company, UserDirectory, WhitelistEntry } from './directory.js'
 
 export interface DirectoryFixture {
@@ -18,15 +19,6 @@ export interface DirectoryFixture {
 }
 
 export type DirectoryFactory = (fixture: DirectoryFixture) => UserDirectory | Promise<UserDirectory>
-
-/** The subset of tap's `Test` the suite uses, so hosts need no particular tap typings. */
-export interface ContractTest {
-  test(name: string, fn: (t: ContractTest) => Promise<void>): unknown
-  equal(found: unknown, wanted: unknown, message?: string): unknown
-  same(found: unknown, wanted: unknown, message?: string): unknown
-  ok(value: unknown, message?: string): unknown
-  rejects(promise: Promise<unknown>, message?: string): Promise<unknown> | unknown
-}
 
 function newFixture (): DirectoryFixture {
   return {
@@ -42,8 +34,8 @@ function newFixture (): DirectoryFixture {
 
 const identity = (subject: string) => ({ provider: 'keycloak', subject })
 
-export async function testDirectory (factory: DirectoryFactory, options: { t?: ContractTest, name?: string } = {}): Promise<void> {
-  const root: ContractTest = options.t ?? ((await import('tap')).default as unknown as ContractTest)
+export async function testDirectory (factory: DirectoryFactory, options: { t?: Test, name?: string } = {}): Promise<void> {
+  const root: Test = options.t ?? (await import('tap')).default
   const make = async (): Promise<UserDirectory> => await factory(newFixture())
 
   await root.test(options.name ?? 'UserDirectory contract', async (t) => {

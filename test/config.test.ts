@@ -158,6 +158,7 @@ t.test('every missing or malformed key is reported at once, named by its variabl
     ['expiration not a number', { CLEARML__services__auth__default_expiration_sec: 'month' }, 'CLEARML__services__auth__default_expiration_sec must be a whole number'],
     ['expiration too short', { CLEARML__services__auth__default_expiration_sec: '5' }, 'CLEARML__services__auth__default_expiration_sec must be >= 60'],
     ['admins not a list', { [`${KC}groups__admins`]: '{"a":1}' }, `${KC}groups__admins must be a list of names, e.g. ["kc-admins"]`],
+    // eslint-disable-next-line no-template-curly-in-string
     ['unexpanded variable', { [`${KCS}client_id`]: '"${KEYCLOAK_AUTH_CLIENT_ID}"' }, `${KCS}client_id looks like an unexpanded shell variable (the value is literally \`\${KEYCLOAK_AUTH_CLIENT_ID}\`)`],
     ['empty client_secret', { [`${KCS}client_secret`]: '' }, `${KCS}client_secret is required`]
   ]
@@ -182,6 +183,7 @@ t.test('no base_url: every endpoint must be given, and the issuer comes from the
 })
 
 t.test('secrets never appear in errors, serialization or inspection', async (t) => {
+  // eslint-disable-next-line no-template-curly-in-string
   const env = { ...minimal, [`${KCS}client_secret`]: '${TOP_SECRET}', CLEARML__secure__auth__token_secret: 'tok-secret-value' }
   const problems = problemsOf(env).join('\n')
   t.notMatch(problems, 'TOP_SECRET')

@@ -11,7 +11,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { randomUUID } from 'node:crypto'
-import { exportJWK, generateKeyPair, type JWK } from 'jose'
+import { createLocalJWKSet, exportJWK, generateKeyPair, jwtVerify, type JWK } from 'jose'
 import Provider, { type Configuration, type KoaContextWithOIDC } from 'oidc-provider'
 
 export interface RealmUser {
@@ -277,10 +277,32 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
     await provider.interactionFinished(req, res, { login: { accountId: user.sub } }, { mergeWithLastSubmission: false })
   }
 
+  /**
+   * Keycloak's userinfo accepts its own JWT access tokens (audience "account"); oidc-provider only
+   * accepts tokens without a resource audience there, so this endpoint answers them itself.
+   */
+  async function jwtUserinfo (req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const header = req.headers.authorization ?? ''
+    const publicKeys = keys.map(({ d, p, q, dp, dq, qi, ...publicPart }) => publicPart)
+    try {
+      const { payload } = await jwtVerify(header.replace(/^Bearer /i, ''), createLocalJWKSet({ keys: publicKeys }), { issuer })
+      const user = users.find((candidate) => candidate.sub === payload.sub)
+      if (user === undefined) throw new Error('unknown user')
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(userClaims(user)))
+    } catch {
+      res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"', 'content-type': 'application/json' })
+        .end(JSON.stringify({ error: 'invalid_token', error_description: 'Token verification failed' }))
+    }
+  }
+
   async function handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]
     hits.set(path, (hits.get(path) ?? 0) + 1)
     try {
+      if (path === `${mount}/protocol/openid-connect/userinfo` && options.opaqueAccessTokens !== true) {
+        await jwtUserinfo(req, res)
+        return
+      }
       const match = path.match(new RegExp(`^${mount}/login-actions/authenticate/([^/]+)$`))
       if (match !== null) {
         await interaction(req, res, match[1])

@@ -56,7 +56,10 @@ export interface Stack {
 }
 
 export interface StackOptions {
+  /** Merged over the default environment; `undefined` removes a variable. */
   env?: Record<string, string | undefined>
+  /** The whole environment instead, given the provider's issuer. */
+  envFor?: (issuer: string) => Record<string, string>
   idp?: Partial<KeycloakLikeIdpOptions>
   plugin?: Partial<ClearmlKeycloakOptions>
   seed?: (directory: MemoryDirectory) => void
@@ -72,12 +75,14 @@ export async function startStack (options: StackOptions = {}): Promise<Stack> {
     clients: [{ clientId: CLIENT_ID, clientSecret: CLIENT_SECRET, redirectUris: [`${appUrl}/callback_keycloak`], postLogoutRedirectUris: [`${appUrl}/login`, `${appUrl}/bye`] }],
     ...options.idp
   })
-  const env: Record<string, string> = {
-    [`${KC}base_url`]: idp.issuer,
-    [`${KC_SECURE}client_id`]: `"${CLIENT_ID}"`,
-    [`${KC_SECURE}client_secret`]: `"${CLIENT_SECRET}"`,
-    CLEARML__secure__auth__token_secret: TOKEN_SECRET
-  }
+  const env: Record<string, string> = options.envFor !== undefined
+    ? options.envFor(idp.issuer)
+    : {
+        [`${KC}base_url`]: idp.issuer,
+        [`${KC_SECURE}client_id`]: `"${CLIENT_ID}"`,
+        [`${KC_SECURE}client_secret`]: `"${CLIENT_SECRET}"`,
+        CLEARML__secure__auth__token_secret: TOKEN_SECRET
+      }
   for (const [name, value] of Object.entries(options.env ?? {})) {
     if (value === undefined) delete env[name]
     else env[name] = value

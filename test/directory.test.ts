@@ -1,0 +1,28 @@
+import t from 'tap'
+import { MemoryDirectory, testDirectory } from '../index.js'
+
+await testDirectory((fixture) => {
+  const directory = new MemoryDirectory()
+  for (const company of fixture.companies) directory.addCompany(company)
+  for (const [company, names] of Object.entries(fixture.groups)) for (const name of names) directory.addGroup(company, name)
+  for (const entry of fixture.whitelist) directory.addWhitelistEntry(entry)
+  return directory
+}, { t, name: 'MemoryDirectory meets the UserDirectory contract' })
+
+t.test('MemoryDirectory refuses inconsistent seeds and writes', async (t) => {
+  const directory = new MemoryDirectory()
+  directory.addCompany({ id: 'c', name: 'C' })
+  t.throws(() => directory.addGroup('nope', 'g'), /unknown company/)
+  t.throws(() => directory.addWhitelistEntry({ company: 'c' }), /email or a domain/)
+  await t.rejects(directory.createUser({ company: 'nope', name: 'x', role: 'user', identity: { provider: 'keycloak', subject: 's' } }), /unknown company/)
+  const a = directory.addUser({ company: 'c', name: 'A', role: 'user' }, { provider: 'keycloak', subject: 'a' })
+  const b = directory.addUser({ company: 'c', name: 'B', role: 'user', id: 'fixed-id' })
+  t.equal(b.id, 'fixed-id')
+  await t.rejects(directory.updateUser(b.id, { linkIdentity: { provider: 'keycloak', subject: 'a' } }), /linked to another user/)
+  await t.rejects(directory.updateUserGroups('nope', { add: [], remove: [] }), /unknown user/)
+  await t.rejects(directory.updateUserGroups(a.id, { add: ['g-nope'], remove: [] }), /unknown group/)
+  t.same(directory.groupsOf(a.id), [])
+  const copy = directory.listUsers()[0]
+  copy.name = 'changed outside'
+  t.equal(directory.listUsers()[0].name, 'A', 'callers get copies, not the stored records')
+})

@@ -1,0 +1,93 @@
+import t from 'tap'
+import { mapClaims } from '../index.js'
+import { claimAt } from '../lib/identity.js'
+import { testConfig } from './helpers/config.js'
+
+const config = testConfig()
+const keycloakAccessToken = {
+  sub: 'f3c9c6a4-3f4e-4c1e-9a51-1c2b8d0c7e11',
+  typ: 'Bearer',
+  azp: 'clearml',
+  aud: 'account',
+  preferred_username: 'alice',
+  email: 'alice@acme.com',
+  email_verified: true,
+  name: 'Alice Admin',
+  given_name: 'Alice',
+  family_name: 'Admin',
+  picture: 'https://img.example/alice.png',
+  groups: ['/ml-team', '/research/vision'],
+  realm_access: { roles: ['offline_access', 'uma_authorization', 'default-roles-clearml', 'admin'] },
+  resource_access: { clearml: { roles: ['annotator'] }, account: { roles: ['manage-account'] } }
+}
+
+t.test('a Keycloak access token maps to the identity ClearML needs', async (t) => {
+  t.same(mapClaims(config, keycloakAccessToken), {
+    subject: 'f3c9c6a4-3f4e-4c1e-9a51-1c2b8d0c7e11',
+    email: 'alice@acme.com',
+    emailVerified: true,
+    name: 'Alice Admin',
+    username: 'alice',
+    givenName: 'Alice',
+    familyName: 'Admin',
+    avatar: 'https://img.example/alice.png',
+    groups: ['/ml-team', '/research/vision'],
+    roles: ['offline_access', 'uma_authorization', 'default-roles-clearml', 'admin', 'annotator'],
+    rolesClaimPresent: true
+  })
+})
+
+t.test('roles: union of roles, realm_access.roles and this client\'s resource_access roles', async (t) => {
+  const rows: Array<[string, Record<string, unknown>, string[], boolean]> = [
+    ['top-level roles claim', { roles: ['admin'] }, ['admin'], true],
+    ['realm roles only', { realm_access: { roles: ['admin', 'x'] } }, ['admin', 'x'], true],
+    ['client roles of this client', { resource_access: { clearml: { roles: ['admin'] } } }, ['admin'], true],
+    ['client roles of another client are not ours', { resource_access: { other: { roles: ['admin'] } } }, [], false],
+    ['all three, duplicates merged', { roles: ['a'], realm_access: { roles: ['a', 'b'] }, resource_access: { clearml: { roles: ['c'] } } }, ['a', 'b', 'c'], true],
+    ['no roles claim at all', {}, [], false],
+    ['an empty realm roles list is still a roles claim', { realm_access: { roles: [] } }, [], true],
+    ['non-string entries dropped', { roles: ['admin', 7, null] }, ['admin'], true]
+  ]
+  for (const [name, claims, roles, present] of rows) {
+    const identity = mapClaims(config, { sub: 's', ...claims })
+    t.same([identity.roles, identity.rolesClaimPresent], [roles, present], name)
+  }
+})
+
+t.test('configurable claim paths, with dots, and the name fallbacks', async (t) => {
+  const custom = testConfig({ claims: { userId: 'attributes.employee_id', email: 'mail', name: 'display.name', username: 'login', avatar: 'https://example.com/avatar' } })
+  const identity = mapClaims(custom, {
+    sub: 'ignored',
+    attributes: { employee_id: 4711 },
+    mail: 'x@acme.com',
+    display: { name: 'X Person' },
+    login: 'xp',
+    'https://example.com/avatar': 'https://img/x.png'
+  })
+  t.match(identity, { subject: '4711', email: 'x@acme.com', name: 'X Person', username: 'xp', avatar: 'https://img/x.png' })
+  t.equal(mapClaims(config, { sub: 's', preferred_username: 'bob' }).name, 'bob', 'name falls back to the username')
+  t.equal(mapClaims(config, { sub: 's', email: 'c@acme.com' }).name, 'c@acme.com', 'then to the email')
+  t.equal(mapClaims(config, { sub: 's', name: '  ' }).name, 's', 'and finally to the subject')
+  t.equal(claimAt({ a: { b: 1 } }, 'a.c'), undefined)
+  t.equal(claimAt({ a: 'text' }, 'a.b'), undefined)
+})
+
+t.test('a missing user id claim is missing_claim', async (t) => {
+  for (const claims of [{}, { sub: '' }, { sub: null }, { sub: { nested: true } }]) {
+    t.throws(() => mapClaims(config, claims), { name: 'SsoError', code: 'missing_claim' }, JSON.stringify(claims))
+  }
+  t.throws(() => mapClaims(testConfig({ claims: { userId: 'oid' } }), { sub: 's' }), { code: 'missing_claim', message: /"oid"/ })
+})
+
+t.test('email_verified counts only as a real boolean true', async (t) => {
+  for (const [value, verified] of [[true, true], ['true', false], [1, false], [undefined, false], [false, false]] as const) {
+    t.equal(mapClaims(config, { sub: 's', email: 'a@b.c', email_verified: value }).emailVerified, verified, String(value))
+  }
+})
+
+t.test('groups from groups.claim: list or single name, empties and duplicates dropped', async (t) => {
+  t.same(mapClaims(config, { sub: 's', groups: ['/a', '/a', '', 3, 'b'] }).groups, ['/a', 'b'])
+  t.same(mapClaims(config, { sub: 's', groups: 'solo' }).groups, ['solo'])
+  t.same(mapClaims(config, { sub: 's' }).groups, [])
+  t.same(mapClaims(testConfig({ groups: { claim: 'org.teams' } }), { sub: 's', org: { teams: ['x'] } }).groups, ['x'])
+})
