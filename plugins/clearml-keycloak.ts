@@ -70,7 +70,6 @@ declare module 'fastify' {
 }
 
 function checkOptions (options: ClearmlKeycloakOptions): string {
-  if (options === null || typeof options !== 'object') throw new TypeError('fastify-clearml-keycloak: options are required')
   const { directory, webappUrl } = options
   const missing = directory == null ? [] : DIRECTORY_METHODS.filter((method) => typeof (directory as unknown as Record<string, unknown>)[method] !== 'function')
   if (directory == null) throw new TypeError('fastify-clearml-keycloak: the "directory" option is required (a UserDirectory, e.g. new MemoryDirectory())')

@@ -254,7 +254,8 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
     const payload = IdToken.prototype.payload
     IdToken.prototype.payload = async function (this: { client?: { clientId: string }, ctx?: KoaContextWithOIDC }) {
       const claims = await payload.call(this)
-      return { ...claims, typ: 'ID', azp: this.client?.clientId, sid: claims.sid ?? this.ctx?.oidc.session?.uid }
+      const code = this.ctx?.oidc.entities.AuthorizationCode as { sessionUid?: string } | undefined
+      return { ...claims, typ: 'ID', azp: this.client?.clientId, sid: claims.sid ?? code?.sessionUid ?? this.ctx?.oidc.session?.uid }
     }
     return next
   }
