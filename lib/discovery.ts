@@ -3,6 +3,7 @@
  * (`base_url + /.well-known/openid-configuration`), fetched lazily once; then Keycloak's fixed realm
  * paths under `base_url`. A failed discovery is not cached: the next login tries again, and in the
  * meantime the fixed paths serve, so an unreachable Keycloak at start-up never stops the server.
+ * A discovery document naming another issuer is refused outright: it is a misconfiguration.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { issuerOf, type KeycloakConfig } from './config.js'
@@ -37,6 +38,7 @@ export class ProviderEndpoints {
   readonly #log: FastifyBaseLogger
   #discovered: Discovered | undefined
   #inFlight: Promise<Discovered | undefined> | undefined
+  #attempted = false
 
   constructor (config: EndpointConfig, log: FastifyBaseLogger) {
     this.#config = config
@@ -89,11 +91,17 @@ export class ProviderEndpoints {
     }
   }
 
-  /** The endpoints, discovering them first if that has not succeeded yet. */
-  async get (): Promise<Endpoints> {
+  /**
+   * The endpoints. Discovery runs on first use and, after a failure, again when a login starts
+   * (`retry`), so a failing realm costs each login one attempt rather than one per call.
+   */
+  async get (options: { retry?: boolean } = {}): Promise<Endpoints> {
     if (this.#discovered !== undefined || this.#config.baseUrl === undefined) return this.#resolve(this.#discovered)
-    // Concurrent logins share one discovery request.
-    this.#inFlight ??= this.#discover().finally(() => { this.#inFlight = undefined })
+    if (this.#inFlight === undefined && (!this.#attempted || options.retry === true)) {
+      this.#attempted = true
+      // Concurrent logins share one discovery request.
+      this.#inFlight = this.#discover().finally(() => { this.#inFlight = undefined })
+    }
     return this.#resolve(await this.#inFlight)
   }
 }

@@ -118,7 +118,7 @@ export class KeycloakSso {
 
   /** A new login transaction and the Keycloak authorization URL that starts it. */
   async startLogin (options: { returnTo: string, redirectUri?: string, appState?: string }): Promise<StartedLogin> {
-    const endpoints = await this.endpoints.get()
+    const endpoints = await this.endpoints.get({ retry: true })
     const transaction = this.#transactions.create({
       redirectUri: options.redirectUri ?? this.redirectUri,
       returnTo: options.returnTo,

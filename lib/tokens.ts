@@ -15,15 +15,29 @@ export interface VerifyOptions {
 }
 
 async function verify (token: string, what: string, options: VerifyOptions, audience?: string): Promise<JWTPayload> {
+  const checks = {
+    issuer: options.issuer,
+    audience,
+    algorithms: options.algorithms,
+    clockTolerance: options.clockToleranceSec,
+    requiredClaims: ['exp', 'iat', 'sub']
+  }
   try {
-    const { payload } = await jwtVerify(token, options.getKey, {
-      issuer: options.issuer,
-      audience,
-      algorithms: options.algorithms,
-      clockTolerance: options.clockToleranceSec,
-      requiredClaims: ['exp', 'iat', 'sub']
-    })
-    return payload
+    try {
+      return (await jwtVerify(token, options.getKey, checks)).payload
+    } catch (err) {
+      if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err
+      // No kid and several candidate keys (OpenID Core 10.1 lets the client try them): the first
+      // key whose signature verifies decides; the claim checks then apply as usual.
+      for await (const key of err) {
+        try {
+          return (await jwtVerify(token, key, checks)).payload
+        } catch (attempt) {
+          if (!(attempt instanceof errors.JWSSignatureVerificationFailed)) throw attempt
+        }
+      }
+      throw new errors.JWSSignatureVerificationFailed()
+    }
   } catch (err) {
     if (err instanceof SsoError) throw err
     const code = err instanceof errors.JOSEError ? err.code : 'ERR_MALFORMED'
