@@ -47,8 +47,8 @@ export function parseHoconValue (raw: string): unknown {
   if (lower === 'null') return null
   if (NUMBER.test(text)) return Number(text)
   if (text.startsWith('[') && text.endsWith(']')) {
-    const body = text.slice(1, -1).trim()
-    return body === '' ? [] : body.split(',').map((item) => parseHoconValue(item))
+    // `[]` and `[ ]` were valid JSON above, so the list has at least one item here.
+    return text.slice(1, -1).split(',').map((item) => parseHoconValue(item))
   }
   return text
 }
@@ -57,11 +57,12 @@ export function parseHoconValue (raw: string): unknown {
 export function hoconText (raw: string): string | null {
   const text = raw.trim()
   if (text === '') return null
-  if (text.startsWith('"') && text.endsWith('"') && text.length >= 2) {
+  if (text.length >= 2 && text.startsWith('"') && text.endsWith('"')) {
     try {
-      const decoded: unknown = JSON.parse(text)
-      if (typeof decoded === 'string') return decoded
-    } catch {}
+      return JSON.parse(text) as string
+    } catch {
+      // Not one JSON string (e.g. `"a"b"`): the text as it is, as pyhocon would keep it.
+    }
   }
   return text
 }

@@ -40,10 +40,6 @@ export class SsoError extends Error {
   }
 }
 
-export function isSsoError (err: unknown): err is SsoError {
-  return err instanceof SsoError
-}
-
 /** One configuration problem, named by the variable an operator would set. */
 export interface ConfigProblem {
   variable: string

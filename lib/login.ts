@@ -5,7 +5,7 @@
  * directory calls is constant, whatever the number of groups.
  */
 import type { KeycloakConfig } from './config.js'
-import type { Company, DirectoryUser, Role, UserDirectory, UserPatch } from './directory.js'
+import { DIRECTORY_METHODS, type Company, type DirectoryUser, type Role, type UserDirectory, type UserPatch } from './directory.js'
 import { SsoError } from './errors.js'
 import type { Identity } from './identity.js'
 import { chooseSignupTarget, decideSignup, groupNameCandidates, planGroupSync, resolveRole } from './policy.js'
@@ -28,20 +28,15 @@ type LoginConfig = Pick<KeycloakConfig, 'defaultCompany' | 'adminRole' | 'groups
  * database never reaches the browser as a 500 and the rest of the pipeline stops there.
  */
 function guarded (directory: UserDirectory): UserDirectory {
-  return new Proxy(directory, {
-    get (target, property, receiver) {
-      const value = Reflect.get(target, property, receiver)
-      if (typeof value !== 'function') return value
-      return async (...args: unknown[]) => {
-        try {
-          return await value.apply(target, args)
-        } catch (err) {
-          if (err instanceof SsoError) throw err
-          throw new SsoError('directory_error', `directory.${String(property)} failed`, { cause: err })
-        }
-      }
+  const methods = DIRECTORY_METHODS.map((name) => [name, async (...args: unknown[]) => {
+    try {
+      return await (directory[name] as (...a: unknown[]) => Promise<unknown>).apply(directory, args)
+    } catch (err) {
+      if (err instanceof SsoError) throw err
+      throw new SsoError('directory_error', `directory.${name} failed`, { cause: err })
     }
-  })
+  }])
+  return Object.fromEntries(methods) as unknown as UserDirectory
 }
 
 const PROFILE_FIELDS = ['name', 'email', 'givenName', 'familyName', 'avatar'] as const

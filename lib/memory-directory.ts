@@ -15,6 +15,13 @@ const copy = <T extends object>(value: T): T => ({ ...value })
 
 export interface WhitelistSeed extends WhitelistEntry { email?: string, domain?: string }
 
+/** Companies, their groups by name, and whitelist entries: a directory's seed data. */
+export interface DirectoryFixture {
+  companies: Company[]
+  groups: Record<string, string[]>
+  whitelist: WhitelistSeed[]
+}
+
 export class MemoryDirectory implements UserDirectory {
   readonly #companies = new Map<string, Company>()
   readonly #users = new Map<string, DirectoryUser>()
@@ -25,6 +32,15 @@ export class MemoryDirectory implements UserDirectory {
   readonly #whitelistByDomain = new Map<string, WhitelistEntry>()
 
   // Seeding and inspection -------------------------------------------------------------------
+
+  /** A directory holding `fixture`, e.g. the one `testDirectory` hands to its factory. */
+  static fromFixture (fixture: DirectoryFixture): MemoryDirectory {
+    const directory = new MemoryDirectory()
+    for (const company of fixture.companies) directory.addCompany(company)
+    for (const [company, names] of Object.entries(fixture.groups)) for (const name of names) directory.addGroup(company, name)
+    for (const entry of fixture.whitelist) directory.addWhitelistEntry(entry)
+    return directory
+  }
 
   addCompany (company: Company): Company {
     this.#companies.set(company.id, copy(company))

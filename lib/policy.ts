@@ -37,7 +37,7 @@ export type SignupTarget = { company: string, role: Role } | { refused: SsoError
 
 export function chooseSignupTarget (config: Pick<KeycloakConfig, 'defaultCompany'>, whitelistEntry: WhitelistEntry | null): SignupTarget {
   // default_company admits everybody into one company without consulting the whitelist.
-  if (config.defaultCompany !== undefined) return { company: config.defaultCompany, role: whitelistEntry?.role ?? 'user' }
+  if (config.defaultCompany !== undefined) return { company: config.defaultCompany, role: 'user' }
   if (whitelistEntry === null) return { refused: 'not_whitelisted' }
   return { company: whitelistEntry.company, role: whitelistEntry.role ?? 'user' }
 }

@@ -53,6 +53,7 @@ export class SessionTokens {
     this.#cacheMax = options.cacheMax ?? 10_000
   }
 
+  /** How many verified tokens are cached; for tests and benchmarks. */
   get cacheSize (): number {
     return this.#cache.size
   }

@@ -194,7 +194,13 @@ export class KeycloakSso {
     if (this.#issueToken !== undefined) {
       const sessionId = this.sessions.newSessionId()
       const expiresAt = this.sessions.expiresAt()
-      const token = await this.#issueToken(result.user, { company: result.company, identity, sessionId, expiresAt, sid })
+      let token: string
+      try {
+        token = await this.#issueToken(result.user, { company: result.company, identity, sessionId, expiresAt, sid })
+      } catch (err) {
+        // The host's session store is part of the host's side, like its directory.
+        throw new SsoError('directory_error', 'issueToken failed', { cause: err })
+      }
       return { token, sessionId, expiresAt }
     }
     return await this.sessions.issue(result.user, result.company, this.sessions.newSessionId(), sid)
@@ -227,13 +233,14 @@ export class KeycloakSso {
     const claims = await this.verifySession(token)
     if (claims !== null) await this.#revocations.revoke(claims.session_id, claims.exp)
     if (!this.config.idpLogout || sealedIdToken === undefined || sealedIdToken === '') return {}
-    let idToken: unknown
+    let idToken: string
     try {
-      idToken = (await this.#idTokens.open(sealedIdToken)).idt
+      // Only this plugin seals this cookie, with a string in it; a cookie that does not open is
+      // simply not ours (tampered, or from before a secret rotation) and is ignored.
+      idToken = String((await this.#idTokens.open(sealedIdToken)).idt)
     } catch {
       return {}
     }
-    if (typeof idToken !== 'string') return {}
     const endpoints = await this.endpoints.get()
     const url = new URL(endpoints.endSession!)
     url.searchParams.set('id_token_hint', idToken)

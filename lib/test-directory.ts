@@ -9,14 +9,10 @@
  * tap is loaded only when this function runs, so it stays out of production imports.
  */
 import type { Test } from 'tap'
-import type { Company, UserDirectory, WhitelistEntry } from './directory.js'
+import type { UserDirectory } from './directory.js'
+import type { DirectoryFixture } from './memory-directory.js'
 
-export interface DirectoryFixture {
-  companies: Company[]
-  /** Group names per company id. */
-  groups: Record<string, string[]>
-  whitelist: Array<WhitelistEntry & { email?: string, domain?: string }>
-}
+export type { DirectoryFixture }
 
 export type DirectoryFactory = (fixture: DirectoryFixture) => UserDirectory | Promise<UserDirectory>
 

@@ -40,7 +40,7 @@ async function verify (token: string, what: string, options: VerifyOptions, audi
     }
   } catch (err) {
     if (err instanceof SsoError) throw err
-    const code = err instanceof errors.JOSEError ? err.code : 'ERR_MALFORMED'
+    const { code } = err as errors.JOSEError
     const claim = err instanceof errors.JWTClaimValidationFailed ? ` (${err.claim})` : ''
     throw new SsoError('invalid_token', `${what} rejected: ${code}${claim}`, { cause: err })
   }

@@ -34,5 +34,5 @@ export async function ssoErrorHandler (error: FastifyError | SsoError, request: 
     await reply.redirect(`/login?sso_error=${sso.code}`, 302)
     return
   }
-  await reply.code(sso.statusCode).send(errorEnvelope(meta.endpoint ?? 'login', sso.statusCode, sso.code))
+  await reply.code(sso.statusCode).send(errorEnvelope(meta.endpoint, sso.statusCode, sso.code))
 }

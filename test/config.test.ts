@@ -82,6 +82,8 @@ t.test('value parsing, as ClearML\'s HOCON reader does', async (t) => {
     ['False', 'False', false],
     ['null', 'Null', null],
     ['integer', '42', 42],
+    ['leading zeros (not JSON)', '007', 7],
+    ['explicit plus sign', '+5', 5],
     ['float', '1.5', 1.5],
     ['unquoted list', '[a, b]', ['a', 'b']],
     ['unquoted list with a quoted item', '[a, "b c"]', ['a', 'b c']],
@@ -95,8 +97,17 @@ t.test('value parsing, as ClearML\'s HOCON reader does', async (t) => {
   t.equal(hoconText('007'), '007', 'string keys keep digits as text')
   t.equal(hoconText('"007"'), '007')
   t.equal(hoconText('"unterminated'), '"unterminated')
+  t.equal(hoconText('"a"b"'), '"a"b"', 'two strings are not one')
   t.equal(hoconText('""'), '')
   t.equal(hoconText(''), null)
+})
+
+t.test('admin_role: a name, quoted or not; empty disables', async (t) => {
+  t.equal(loadConfig({ ...minimal, [`${KC}admin_role`]: 'clearml-admin' }).adminRole, 'clearml-admin')
+  t.equal(loadConfig({ ...minimal, [`${KC}admin_role`]: '"007"' }).adminRole, '007')
+  t.equal(loadConfig({ ...minimal, [`${KC}admin_role`]: '' }).adminRole, null)
+  t.equal(loadConfig(minimal).adminRole, 'admin')
+  t.equal(loadConfig({ ...minimal, [`${KC}idp_logout`]: '' }).idpLogout, false, 'an empty boolean is unset: the default')
 })
 
 t.test('an all-digit client_id and default_company stay strings', async (t) => {

@@ -115,6 +115,13 @@ t.test('login.sso_authorize and login.sso_callback, the JSON flow the ClearML we
 
   const modes = await agent.request(`${stack.appUrl}/login.supported_modes`, { method: 'POST' })
   t.match(JSON.parse(modes.body).data, { authenticated: true, sso: { keycloak: '/login/keycloak' }, sso_providers: [{ name: 'keycloak', display_name: 'Keycloak', url: '/login/keycloak' }] })
+  const second = new UserAgent()
+  const plain = JSON.parse((await second.request(`${stack.appUrl}/login.sso_authorize`, { json: {} })).body)
+  const secondStop = await second.submitLogin(await second.navigate(plain.data.redirect_url), 'alice', 'alice-pw', { stopAt: isCallback(stack) })
+  const plainCallback = await second.request(`${stack.appUrl}/login.sso_callback`, { json: { args: Object.fromEntries(new URL(secondStop.url).searchParams) } })
+  const plainData = JSON.parse(plainCallback.body).data
+  t.same(Object.keys(plainData).sort(), ['company_id', 'login_status', 'user_id'], 'no token unless return_token, no state unless one was given')
+
   const anonymous = await fetch(`${stack.appUrl}/login.supported_modes`)
   t.equal(((await anonymous.json()) as { data: { authenticated: boolean } }).data.authenticated, false)
 })

@@ -5,7 +5,7 @@
  */
 import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
-import { generateSecret, SignJWT, exportJWK, type JWTPayload } from 'jose'
+import { decodeJwt, generateSecret, SignJWT, exportJWK, type JWTPayload } from 'jose'
 import clearmlKeycloak, { MemoryDirectory } from '../index.js'
 import { newKey, startHostileIdp, type HostileIdp } from './helpers/hostile-idp.js'
 import { seedAcme } from './helpers/stack.js'
@@ -71,6 +71,15 @@ t.test('the happy path of the scripted provider logs in', async (t) => {
   const answer = await login(h)
   t.equal(answer.location, '/')
   t.equal(h.directory.listUsers().length, 1)
+  const session = answer.setCookie.find((c) => c.startsWith('clearml_token_basic='))!.split(';')[0].split('=')[1]
+  t.match(decodeJwt(session), { sso: { provider: 'keycloak', sid: 'kc-session-1' } }, 'Keycloak\'s sid is kept for logout')
+
+  const older = await harness(t)
+  idToken(older.idp, (c) => without(c, 'sid'))
+  const noSid = await login(older)
+  t.equal(noSid.location, '/', 'an ID token without sid (older Keycloak) is fine')
+  const token = noSid.setCookie.find((c) => c.startsWith('clearml_token_basic='))!.split(';')[0].split('=')[1]
+  t.same(decodeJwt(token).sso, { provider: 'keycloak' })
 })
 
 t.test('ID token checks (OpenID RP conformance, code flow)', async (t) => {
@@ -145,6 +154,11 @@ t.test('kid absent: one published key verifies; several are tried in turn', asyn
   const stranger = await newKey('key-3')
   wrong.idp.override.token = async () => ({ body: { token_type: 'Bearer', id_token: await wrong.idp.sign(wrong.idp.idClaims(wrong.idp.nonce), { key: stranger, header: { kid: undefined } }), access_token: await wrong.idp.sign(wrong.idp.accessClaims()) } })
   await expectRefusal(t, wrong, 'invalid_token', 'several keys, none verifies')
+
+  const expired = await harness(t)
+  expired.idp.keys.push(await newKey('key-2'))
+  expired.idp.override.token = async () => ({ body: { token_type: 'Bearer', id_token: await expired.idp.sign({ ...expired.idp.idClaims(expired.idp.nonce), iat: 1000, exp: 2000 }, { header: { kid: undefined } }), access_token: await expired.idp.sign(expired.idp.accessClaims()) } })
+  await expectRefusal(t, expired, 'invalid_token', 'several keys, the right one verifies an expired token')
 })
 
 t.test('access token checks', async (t) => {
@@ -194,6 +208,7 @@ t.test('token endpoint faults', async (t) => {
     ['HTTP 500', () => ({ status: 500, raw: 'oops', headers: { 'content-type': 'text/plain' } }), 'idp_unavailable'],
     ['invalid_grant', () => ({ status: 400, body: { error: 'invalid_grant', error_description: 'Code not valid' } }), 'token_exchange_failed'],
     ['an odd error value', () => ({ status: 400, body: { error: 'DROP TABLE' } }), 'token_exchange_failed'],
+    ['a refusal that is not JSON', () => ({ status: 401, raw: 'Unauthorized', headers: { 'content-type': 'text/plain' } }), 'token_exchange_failed'],
     ['non-JSON 200', () => ({ status: 200, raw: '<html>proxy login</html>', headers: { 'content-type': 'text/html' } }), 'token_exchange_failed'],
     ['broken JSON', () => ({ status: 200, raw: '{"id_token":', headers: { 'content-type': 'application/json' } }), 'token_exchange_failed'],
     ['no id_token (scope without openid)', () => ({ body: { token_type: 'Bearer', access_token: 'x' } }), 'token_exchange_failed'],
@@ -235,6 +250,9 @@ t.test('key set faults and rotation', async (t) => {
   const malformed = await harness(t)
   malformed.idp.override.certs = () => ({ body: { keys: [{ kty: 'RSA' }] } })
   await expectRefusal(t, malformed, 'invalid_token', 'JWKS with an unusable key')
+  const notObjects = await harness(t)
+  notObjects.idp.override.certs = () => ({ body: { keys: [1, 2] } })
+  await expectRefusal(t, notObjects, 'idp_unavailable', 'JWKS whose keys are not objects')
   const notASet = await harness(t)
   notASet.idp.override.certs = () => ({ body: { keys: 'none' } })
   await expectRefusal(t, notASet, 'idp_unavailable', 'JWKS without a key list')
@@ -257,6 +275,11 @@ t.test('discovery: issuer mismatch refused; unreachable or broken falls back to 
   const start = await mismatch.app.inject({ method: 'GET', url: '/login/keycloak' })
   t.equal(start.headers.location, '/login?sso_error=idp_unavailable', 'discovery names another issuer: the login does not start')
   t.equal(start.headers['set-cookie'], undefined, 'and no transaction cookie is set')
+
+  const odd = await harness(t)
+  odd.idp.override.discovery = () => ({ body: { issuer: odd.idp.issuer, authorization_endpoint: 42, token_endpoint: `${odd.idp.issuer}/protocol/openid-connect/token` } })
+  const oddStart = await odd.app.inject({ method: 'GET', url: '/login/keycloak' })
+  t.match(oddStart.headers.location, `${odd.idp.issuer}/protocol/openid-connect/auth?`, 'a non-string endpoint in discovery is ignored for the standard path')
 
   for (const [name, answer] of [['404', { status: 404, body: {} }], ['not JSON', { raw: 'hello', headers: { 'content-type': 'text/plain' } }], ['hanging', { hang: true }]] as const) {
     const h = await harness(t)

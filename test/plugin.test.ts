@@ -37,6 +37,11 @@ t.test('register-time validation names what is missing', async (t) => {
   }
 })
 
+t.test('without env, process.env is read', async (t) => {
+  const app = Fastify()
+  await t.rejects(async () => { await app.register(clearmlKeycloak, { directory: new MemoryDirectory(), webappUrl: 'https://x.example' }) }, { name: 'ConfigError', message: /client_id is required/ })
+})
+
 t.test('decorators, redacted config, and unknown-key warnings in the log', async (t) => {
   const lines: string[] = []
   const app = Fastify({ logger: { stream: { write: (l: string) => { lines.push(l) } } } })
@@ -140,6 +145,28 @@ t.test('issueToken: the host signs the session; authenticate then needs the host
   t.equal(agent.cookies(stack.appUrl).get('clearml_token_basic'), `host-token-for-${user.id}`)
   t.match(issued, [{ user: user.id, company: 'c-acme', subject: stack.idp.users.find((u) => u.username === 'bob')!.sub, sid: 'string' }])
   t.equal((await agent.request(`${stack.appUrl}/me`)).status, 401, 'no token secret: the plugin cannot verify host tokens')
+})
+
+t.test('issueToken failing: directory_error, no session cookie', async (t) => {
+  const stack = await startStack({ plugin: { issueToken: async () => { throw new Error('session store down') } } })
+  t.teardown(stack.close)
+  const { final } = await stack.login('bob')
+  t.equal(final.url, `${stack.appUrl}/login?sso_error=directory_error`)
+})
+
+t.test('logout: GET login.logout, and an ID token cookie that does not open is ignored', async (t) => {
+  const stack = await startStack({ env: { [`${KC}idp_logout`]: 'true' } })
+  t.teardown(stack.close)
+  const { agent } = await stack.login('alice')
+  const valid = agent.cookies(stack.appUrl).get('clearml_kc_idt')!
+  agent.setCookie(stack.appUrl, 'clearml_kc_idt', 'tampered.value.that.does.not')
+  const answer = await agent.request(`${stack.appUrl}/login.logout?redirect_url=/bye`)
+  t.equal(answer.status, 200)
+  t.same(JSON.parse(answer.body).data, {}, 'no Keycloak URL without a valid ID token')
+  t.ok(answer.setCookies.some((c) => /^clearml_token_basic=;/.test(c)))
+  agent.setCookie(stack.appUrl, 'clearml_kc_idt', valid)
+  const viaGet = JSON.parse((await agent.request(`${stack.appUrl}/login.logout?redirect_url=/bye`)).body)
+  t.equal(new URL(viaGet.data.redirect_url).searchParams.get('post_logout_redirect_uri'), `${stack.appUrl}/bye`, 'GET with a query string, as ClearML accepts')
 })
 
 t.test('verifyAccessToken and login decorators with real Keycloak-shaped tokens', async (t) => {

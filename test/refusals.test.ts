@@ -85,6 +85,12 @@ t.test('invalid state: replayed callback, tampered or missing state, no transact
   const garbled = new UserAgent()
   garbled.setCookie(stack.appUrl, cookieName, sealed.slice(0, -4) + 'AAAA')
   t.equal((await garbled.request(callbackUrl)).location, `${stack.appUrl}/login?sso_error=invalid_state`, 'a tampered cookie')
+
+  const bob = await reachCallback(stack, 'bob')
+  const noCode = new URL(bob.callbackUrl)
+  noCode.searchParams.delete('code')
+  t.equal((await bob.agent.request(noCode.href)).location, `${stack.appUrl}/login?sso_error=invalid_state`, 'a callback without a code')
+  t.same(stack.directory.listUsers(), [user])
 })
 
 t.test('RFC 9207: an iss parameter naming another issuer is refused', async (t) => {

@@ -1,0 +1,190 @@
+/**
+ * The small single-purpose modules, each against the cases its callers rely on.
+ */
+import t from 'tap'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import Fastify from 'fastify'
+import { MemoryRevocationStore } from '../index.js'
+import { readClearmlEnv } from '../lib/clearml-env.js'
+import { callJson } from '../lib/http.js'
+import { MemoryDirectory } from '../lib/memory-directory.js'
+import { safeReturnPath, sameOriginUrl } from '../lib/redirects.js'
+import { Sealer } from '../lib/sealed.js'
+import { SessionTokens } from '../lib/session.js'
+import { TransactionCodec } from '../lib/transaction.js'
+import { ssoErrorHandler, toSsoError } from '../plugins/error-handler.js'
+import { SsoError } from '../lib/errors.js'
+
+t.test('return path after login: only same-origin relative paths, everything else is /', async (t) => {
+  const rows: Array<[unknown, string]> = [
+    ['/projects', '/projects'],
+    ['/projects/1/experiments?filter=a#top', '/projects/1/experiments?filter=a#top'],
+    ['/a/../b', '/b'],
+    ['//evil.example/x', '/'],
+    ['/\\evil.example', '/'],
+    ['\\\\evil.example', '/'],
+    ['https://evil.example', '/'],
+    ['javascript:alert(1)', '/'],
+    ['evil.example', '/'],
+    ['/%2F%2Fevil.example', '/'],
+    ['/%5Cevil.example', '/'],
+    ['/%2fevil', '/'],
+    ['/\tevil', '/'],
+    ['/x\nSet-Cookie: a=b', '/'],
+    ['/%0d%0aLocation: x', '/'],
+    ['/' + 'a'.repeat(3000), '/'],
+    [undefined, '/'],
+    [42, '/'],
+    ['', '/']
+  ]
+  for (const [input, expected] of rows) t.equal(safeReturnPath(input), expected, JSON.stringify(input))
+})
+
+t.test('post-logout redirect: the web app\'s origin only', async (t) => {
+  const webapp = 'https://clearml.example.com'
+  const fallback = 'https://clearml.example.com/login'
+  const rows: Array<[unknown, string]> = [
+    ['https://clearml.example.com/bye', 'https://clearml.example.com/bye'],
+    ['/bye', 'https://clearml.example.com/bye'],
+    ['https://clearml.example.com.evil.example/', fallback],
+    ['//evil.example/', fallback],
+    ['http://clearml.example.com/bye', fallback],
+    ['/\\evil.example', fallback],
+    ['https://[bad', fallback],
+    ['', fallback],
+    [undefined, fallback],
+    ['/' + 'a'.repeat(3000), fallback]
+  ]
+  for (const [input, expected] of rows) t.equal(sameOriginUrl(input, webapp, fallback), expected, JSON.stringify(input))
+})
+
+t.test('revocation store: revoked until the session would expire, bounded', async (t) => {
+  const store = new MemoryRevocationStore({ max: 3 })
+  const later = Math.floor(Date.now() / 1000) + 60
+  await store.revoke('a', later)
+  t.equal(store.isRevoked('a'), true)
+  t.equal(store.isRevoked('b'), false)
+  await store.revoke('expired-already', Math.floor(Date.now() / 1000) - 1)
+  t.equal(store.size, 1, 'a revocation of an expired session is not kept')
+  await store.revoke('b', later)
+  await store.revoke('c', later)
+  await store.revoke('d', later)
+  t.equal(store.size, 3, 'never more than max')
+  t.equal(store.isRevoked('d'), true, 'the newest is kept')
+  t.equal(store.isRevoked('a'), false, 'the oldest made room')
+  const soon = new MemoryRevocationStore({ max: 2 })
+  await soon.revoke('x', Date.now() / 1000 + 0.05)
+  await soon.revoke('y', later)
+  await new Promise((resolve) => setTimeout(resolve, 80))
+  t.equal(soon.isRevoked('x'), false, 'forgotten once the session has expired')
+  await soon.revoke('x2', Date.now() / 1000 + 0.05)
+  await new Promise((resolve) => setTimeout(resolve, 80))
+  await soon.revoke('z', later)
+  t.equal(soon.isRevoked('y') && soon.isRevoked('z'), true, 'expired entries are dropped first when full')
+  t.equal(new MemoryRevocationStore().size, 0)
+})
+
+t.test('session cache: verified once, expiry honoured, bounded, revocation checked on every hit', async (t) => {
+  const revocations = new MemoryRevocationStore()
+  const sessions = new SessionTokens({ secret: 'k', lifetimeSec: 60, revocations, cacheMax: 2 })
+  const user = { id: 'u1', company: 'c', name: 'U', role: 'user' }
+  const company = { id: 'c', name: 'C' }
+  const a = await sessions.issue(user, company, 'sa', 'kc-sid')
+  const b = await sessions.issue(user, company, 'sb', undefined)
+  const c = await sessions.issue(user, company, 'sc', undefined)
+  t.match(await sessions.verify(a.token), { session_id: 'sa', sso: { provider: 'keycloak', sid: 'kc-sid' } })
+  await sessions.verify(b.token)
+  await sessions.verify(c.token)
+  t.equal(sessions.cacheSize, 2, 'bounded')
+  t.match(await sessions.verify(a.token), { session_id: 'sa' }, 'an evicted token verifies again')
+  await revocations.revoke('sa', a.expiresAt)
+  t.equal(await sessions.verify(a.token), null, 'revoked: refused although cached')
+
+  const short = new SessionTokens({ secret: 'k', lifetimeSec: 1, revocations })
+  const s = await short.issue(user, company, 'ss', undefined)
+  t.ok(await short.verify(s.token))
+  await new Promise((resolve) => setTimeout(resolve, 2100))
+  t.equal(await short.verify(s.token), null, 'expired: refused although cached')
+  t.equal(short.cacheSize, 0, 'and dropped from the cache')
+
+  const asyncStore = { revoke: async () => {}, isRevoked: async (id: string) => id === 'sa' }
+  const withAsync = new SessionTokens({ secret: 'k', lifetimeSec: 60, revocations: asyncStore })
+  t.equal(await withAsync.verify(a.token), null, 'an asynchronous store is awaited')
+  t.ok(await withAsync.verify(b.token))
+
+  const noSecret = new SessionTokens({ secret: undefined, lifetimeSec: 60, revocations })
+  t.equal(await noSecret.verify(b.token), null)
+  await t.rejects(noSecret.issue(user, company, 'x', undefined), /token_secret is not configured/)
+  const foreign = new SessionTokens({ secret: 'k', lifetimeSec: 60, revocations })
+  const { SignJWT } = await import('jose')
+  const notOurs = await new SignJWT({ hello: 'world' }).setProtectedHeader({ alg: 'HS256' }).setIssuedAt().setExpirationTime('1m').sign(new TextEncoder().encode('k'))
+  t.equal(await foreign.verify(notOurs), null, 'a JWT with our secret but not a ClearML session shape')
+})
+
+t.test('login transaction: sealed, single use, expires, bounded memory', async (t) => {
+  const codec = new TransactionCodec('secret', 2)
+  const make = () => codec.create({ redirectUri: 'https://x/callback_keycloak', returnTo: '/p' })
+  const tx = make()
+  const sealed = await codec.seal(tx)
+  t.notMatch(sealed, tx.verifier, 'the PKCE verifier is not readable in the cookie')
+  t.same(await codec.consume(sealed, tx.state), tx)
+  await t.rejects(codec.consume(sealed, tx.state), { code: 'invalid_state', message: /already used/ })
+  const other = make()
+  await t.rejects(codec.consume(await codec.seal(other), tx.state), { code: 'invalid_state', message: /state does not match/ })
+  await t.rejects(codec.consume(undefined, tx.state), { code: 'invalid_state', message: /no login transaction cookie/ })
+  await t.rejects(codec.consume('', tx.state), { code: 'invalid_state' })
+  await t.rejects(codec.consume(await new TransactionCodec('other-secret').seal(make()), tx.state), { message: /not valid/ }, 'sealed with another secret')
+  const expired = await new Sealer('secret', 'login-transaction').seal({ tx: make() }, -30)
+  await t.rejects(codec.consume(expired, 'x'), { code: 'invalid_state', message: /expired/ })
+  for (let i = 0; i < 5; i++) {
+    const next = make()
+    await codec.consume(await codec.seal(next), next.state)
+  }
+  t.pass('memory of used transactions stays bounded (max 2) while logins go on')
+
+  const small = new TransactionCodec('secret', 1)
+  const sealer = new Sealer('secret', 'login-transaction')
+  const brief = small.create({ redirectUri: 'https://x/cb', returnTo: '/' })
+  await small.consume(await sealer.seal({ tx: brief }, 1), brief.state)
+  await new Promise((resolve) => setTimeout(resolve, 2100))
+  const next = small.create({ redirectUri: 'https://x/cb', returnTo: '/' })
+  t.same(await small.consume(await small.seal(next), next.state), next, 'an expired entry makes room first')
+})
+
+t.test('environment reading skips undefined values and bare prefixes', async (t) => {
+  t.same([...readClearmlEnv({ CLEARML__a: undefined, CLEARML__b: '1' }).keys()], ['b'])
+})
+
+t.test('whitelist look-up of an address without a domain', async (t) => {
+  const directory = new MemoryDirectory()
+  directory.addWhitelistEntry({ domain: 'acme.com', company: 'c' })
+  t.equal(await directory.findWhitelistEntry('no-at-sign'), null)
+})
+
+t.test('callJson: empty bodies, missing content type', async (t) => {
+  const server = createServer((req, res) => {
+    if (req.url === '/empty') res.writeHead(204).end()
+    else res.writeHead(200).end('{"a":1}')
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  t.same(await callJson(`${base}/empty`, { timeoutMs: 1000, what: 'x' }), { status: 204, contentType: '', body: '' })
+  t.same((await callJson(`${base}/plain`, { timeoutMs: 1000, what: 'x' })).body, '{"a":1}', 'without a JSON content type, the text is kept')
+  await t.rejects(callJson('http://127.0.0.1:1/', { timeoutMs: 1000, what: 'x' }), { code: 'idp_unavailable', message: 'x could not be reached' })
+})
+
+t.test('error handler: unexpected errors are logged and answered in the envelope', async (t) => {
+  t.equal(toSsoError(new SsoError('idp_error')).code, 'idp_error')
+  t.equal(toSsoError(Object.assign(new Error('x'), { statusCode: 415 }) as never).code, 'bad_request')
+  const lines: string[] = []
+  const app = Fastify({ logger: { stream: { write: (l: string) => { lines.push(l) } } } })
+  app.setErrorHandler(ssoErrorHandler)
+  app.get('/bug', { config: { endpoint: 'test.bug' } }, async () => { throw new TypeError('a bug') })
+  const answer = await app.inject({ method: 'GET', url: '/bug' })
+  t.equal(answer.statusCode, 500)
+  t.match(answer.json(), { meta: { endpoint: { name: 'test.bug' }, result_msg: 'internal_error' }, data: { error: 'internal_error' } })
+  t.match(lines.join(''), /Keycloak SSO: unexpected error.*|a bug/)
+  await app.close()
+})
