@@ -51,6 +51,8 @@ export interface ClearmlKeycloakDecorator {
   mapClaims(claims: Claims): Identity
   login(input: Claims | Identity): Promise<LoginResult>
   authenticate(request: FastifyRequest, reply: FastifyReply): Promise<void>
+  /** The request's valid session, or `null`: for pages that change when someone is logged in. */
+  sessionOf(request: FastifyRequest): Promise<ClearmlIdentity | null>
   /** The service behind the routes; for tests, benchmarks and advanced hosts. */
   sso: KeycloakSso
 }
@@ -123,14 +125,18 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     sso_providers: [{ name: 'keycloak', display_name: config.displayName, url: loginUrl }]
   })
 
+  const sessionOf = async (request: FastifyRequest): Promise<ClearmlIdentity | null> => {
+    const claims: SessionClaims | null = await sso.verifySession(tokenOf(request))
+    return claims === null ? null : { ...claims.identity, session_id: claims.session_id, exp: claims.exp }
+  }
   const unauthorized = errorEnvelope('authenticate', 401, 'invalid_token')
   const authenticate = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
-    const claims: SessionClaims | null = await sso.verifySession(tokenOf(request))
-    if (claims === null) {
+    const identity = await sessionOf(request)
+    if (identity === null) {
       await reply.code(401).send(unauthorized)
       return
     }
-    request.clearmlIdentity = { ...claims.identity, session_id: claims.session_id, exp: claims.exp }
+    request.clearmlIdentity = identity
   }
 
   fastify.decorateRequest('clearmlIdentity', null)
@@ -141,6 +147,7 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     mapClaims: (claims: Claims) => sso.mapClaims(claims),
     login: async (input: Claims | Identity) => await sso.login(input),
     authenticate,
+    sessionOf,
     sso
   } satisfies ClearmlKeycloakDecorator)
 

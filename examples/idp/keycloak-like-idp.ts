@@ -179,7 +179,9 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
         enabled: true,
         // Keycloak logs out without a confirmation page when id_token_hint is given.
         logoutSource: async (ctx: KoaContextWithOIDC, form: string) => {
-          ctx.body = `<!doctype html><html><head><title>Logging out</title></head><body>${form}
+          // A script's form.submit() sends no button value, so the "yes" travels as a hidden field.
+          const confirmed = form.replace('</form>', '<input type="hidden" name="logout" value="yes"></form>')
+          ctx.body = `<!doctype html><html><head><title>Logging out</title></head><body>${confirmed}
 <p>Logging out of ${escapeHtml(realm)}…</p><script>document.forms[0].submit()</script>
 <noscript><button form="op.logoutForm" name="logout" value="yes">Log out</button></noscript></body></html>`
         }

@@ -2,7 +2,7 @@
  * A real login stack for flow tests: the Keycloak-like provider on one port, and an apiserver with
  * the plugin on another, configured through ClearML's environment variables.
  */
-import { createServer } from 'node:net'
+import { freePort } from '../../examples/free-port.js'
 import Fastify, { type FastifyInstance } from 'fastify'
 import clearmlKeycloak, { MemoryDirectory, type ClearmlKeycloakOptions } from '../../index.js'
 import { startKeycloakLikeIdp, type KeycloakLikeIdp, type KeycloakLikeIdpOptions, type RealmUser } from '../../examples/idp/keycloak-like-idp.js'
@@ -23,17 +23,6 @@ export const USERS: RealmUser[] = [
   { username: 'mallory', password: 'mallory-pw', email: 'mallory@evil.example', emailVerified: true, givenName: 'Mallory', groups: ['/ml-team'] },
   { username: 'eve', password: 'eve-pw', email: 'bob@acme.com', emailVerified: false, givenName: 'Eve', groups: [] }
 ]
-
-export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
-}
 
 export function seedAcme (directory: MemoryDirectory): void {
   directory.addCompany({ id: 'c-acme', name: 'Acme' })

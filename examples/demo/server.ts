@@ -1,0 +1,87 @@
+/**
+ * The demo: an example apiserver with the plugin, an in-memory directory seeded with a company,
+ * ClearML groups and a whitelist entry, and an embedded Keycloak-compatible provider with demo users.
+ * Configured through the same CLEARML__ variables an operator sets for ClearML.
+ *
+ *   npm run demo          (ports: DEMO_PORT=8008, DEMO_IDP_PORT=8180)
+ */
+import { fileURLToPath } from 'node:url'
+import type { FastifyInstance } from 'fastify'
+import type { MemoryDirectory } from '../../index.js'
+import { startKeycloakLikeIdp, type KeycloakLikeIdp, type RealmUser } from '../idp/keycloak-like-idp.js'
+import { buildApiserver, clearmlVariables, seededDirectory } from '../apiserver.js'
+import { freePort } from '../free-port.js'
+
+export const DEMO_USERS: Array<RealmUser & { story: string }> = [
+  { username: 'alice', password: 'alice', email: 'alice@acme.example', emailVerified: true, givenName: 'Alice', familyName: 'Anderson', groups: ['/ml-team'], realmRoles: ['admin'], story: 'admin by the realm role "admin"' },
+  { username: 'carol', password: 'carol', email: 'carol@acme.example', emailVerified: true, givenName: 'Carol', familyName: 'Chen', groups: ['/kc-admins', '/data-science'], story: 'admin by membership of "kc-admins" (groups.admins)' },
+  { username: 'bob', password: 'bob', email: 'bob@acme.example', emailVerified: true, givenName: 'Bob', familyName: 'Brown', groups: ['/ml-team', '/research/data-science'], story: 'a plain member of ml-team and data-science' },
+  { username: 'dave', password: 'dave', email: 'dave@acme.example', emailVerified: true, givenName: 'Dave', familyName: 'Diaz', groups: [], story: 'in no group' }
+]
+
+export const DEMO_CLIENT = { clientId: 'clearml', clientSecret: 'demo-client-secret' }
+
+/** The variables an operator would set, as ClearML documents them. */
+export function demoEnvironment (issuer: string): Record<string, string> {
+  const kc = 'CLEARML__services__login__sso__oauth_client__keycloak__'
+  const secure = 'CLEARML__secure__login__sso__oauth_client__keycloak__'
+  return {
+    [`${kc}base_url`]: issuer,
+    [`${secure}client_id`]: `"${DEMO_CLIENT.clientId}"`,
+    [`${secure}client_secret`]: `"${DEMO_CLIENT.clientSecret}"`,
+    [`${kc}idp_logout`]: 'true',
+    [`${kc}groups__enabled`]: 'true',
+    [`${kc}groups__claim`]: 'groups',
+    [`${kc}groups__admins`]: '["kc-admins"]',
+    CLEARML__secure__auth__token_secret: 'demo-token-secret-change-me'
+  }
+}
+
+export interface Demo {
+  app: FastifyInstance
+  idp: KeycloakLikeIdp
+  directory: MemoryDirectory
+  url: string
+  env: Record<string, string>
+  close: () => Promise<void>
+}
+
+export async function startDemo (options: { port?: number, idpPort?: number, host?: string, logger?: boolean } = {}): Promise<Demo> {
+  const host = options.host ?? '127.0.0.1'
+  // The web app's origin must be known before the provider registers the client's redirect URI.
+  const port = options.port !== undefined && options.port !== 0 ? options.port : await freePort()
+  const url = `http://${host}:${port}`
+  const idp = await startKeycloakLikeIdp({
+    host,
+    port: options.idpPort ?? 0,
+    realm: 'clearml',
+    fullGroupPath: true,
+    users: DEMO_USERS,
+    clients: [{ ...DEMO_CLIENT, redirectUris: [`${url}/callback_keycloak`], postLogoutRedirectUris: [`${url}/login`, `${url}/`] }]
+  })
+  const env = { ...demoEnvironment(idp.issuer), ...clearmlVariables(process.env) }
+  const directory = seededDirectory()
+  const app = await buildApiserver({ env, webappUrl: url, directory, logger: options.logger })
+  await app.listen({ port, host })
+  return { app, idp, directory, url, env, close: async () => { await app.close(); await idp.close() } }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const demo = await startDemo({ port: Number(process.env.DEMO_PORT ?? 8008), idpPort: Number(process.env.DEMO_IDP_PORT ?? 8180) })
+  const shown = Object.entries(demo.env).map(([name, value]) => `  ${name}=${/secret/.test(name) ? '<set>' : value}`).join('\n')
+  console.log(`
+  fastify-clearml-keycloak demo
+
+  Open ${demo.url} and log in with one of these Keycloak users (password = user name):
+${DEMO_USERS.map((u) => `    ${u.username.padEnd(6)} ${u.story}`).join('\n')}
+    mallory is not a demo user; try a wrong password to see the provider refuse it.
+
+  Keycloak-compatible provider: ${demo.idp.issuer}
+  Configured as an operator configures ClearML:
+${shown}
+
+  Ctrl-C to stop.`)
+  const stop = async (): Promise<void> => { await demo.close(); process.exit(0) }
+  process.once('SIGINT', () => { stop().catch(() => process.exit(1)) })
+  process.once('SIGTERM', () => { stop().catch(() => process.exit(1)) })
+}

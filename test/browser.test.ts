@@ -1,0 +1,88 @@
+/**
+ * The demo in a real browser: Debian's Chromium, driven by playwright-core, clicks through the login
+ * of every demo user, checks what the page shows, logs out of ClearML and Keycloak, and saves the
+ * screenshots the README shows.
+ */
+import t from 'tap'
+import { existsSync } from 'node:fs'
+import { chromium, type Browser, type Page } from 'playwright-core'
+import { startDemo } from '../examples/demo/server.js'
+
+const executablePath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
+const screenshots = new URL('../docs/screenshots/', import.meta.url)
+
+if (!existsSync(executablePath)) {
+  throw new Error(`The browser test needs Chromium at ${executablePath}: apt-get install -y chromium (or set CHROMIUM_PATH)`)
+}
+
+const demo = await startDemo({ logger: false })
+const browser: Browser = await chromium.launch({
+  executablePath,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic']
+})
+t.teardown(async () => {
+  await browser.close()
+  await demo.close()
+})
+
+async function keycloakLogin (page: Page, username: string, password: string): Promise<void> {
+  await page.goto(demo.url)
+  await page.click('#login-keycloak')
+  await page.waitForSelector('#kc-login')
+  await page.fill('#username', username)
+  await page.fill('#password', password)
+  await page.click('#kc-login')
+}
+
+const expectations = [
+  { username: 'alice', role: 'admin', groups: 'ml-team' },
+  { username: 'carol', role: 'admin', groups: 'data-science' },
+  { username: 'bob', role: 'user', groups: 'data-science ml-team' },
+  { username: 'dave', role: 'user', groups: 'none' }
+]
+
+for (const expected of expectations) {
+  t.test(`${expected.username} logs in, sees role and groups, and logs out of ClearML and Keycloak`, async (t) => {
+    const context = await browser.newContext({ viewport: { width: 900, height: 560 } })
+    t.teardown(async () => { await context.close() })
+    const page = await context.newPage()
+    await page.goto(demo.url)
+    t.equal(new URL(page.url()).pathname, '/login', 'not logged in: the login page')
+    if (expected.username === 'alice') await page.screenshot({ path: new URL('login.png', screenshots).pathname })
+    await page.click('#login-keycloak')
+    await page.waitForSelector('#kc-login')
+    t.equal(new URL(page.url()).origin, new URL(demo.idp.issuer).origin, 'at the identity provider')
+    if (expected.username === 'alice') await page.screenshot({ path: new URL('keycloak-login.png', screenshots).pathname })
+    await page.fill('#username', expected.username)
+    await page.fill('#password', expected.username)
+    await page.click('#kc-login')
+    await page.waitForSelector('#user-role')
+    t.equal(page.url(), `${demo.url}/`, 'back at the web app')
+    t.equal(await page.textContent('#user-role'), expected.role)
+    t.equal((await page.textContent('#user-groups'))?.trim(), expected.groups)
+    const cookies = await context.cookies(demo.url)
+    const session = cookies.find((c) => c.name === 'clearml_token_basic')
+    t.equal(session?.httpOnly, true, 'the session cookie is HttpOnly')
+    t.equal(await page.evaluate('document.cookie'), '', 'no cookie of the plugin is readable by scripts')
+    await page.screenshot({ path: new URL(`${expected.username}.png`, screenshots).pathname })
+
+    await page.click('#logout')
+    await page.waitForURL(`${demo.url}/login`)
+    t.notOk((await context.cookies(demo.url)).some((c) => c.name === 'clearml_token_basic'), 'session cookie gone')
+    await page.click('#login-keycloak')
+    await page.waitForSelector('#kc-login')
+    t.pass('Keycloak asks for the password again: idp_logout ended its session too')
+  })
+}
+
+t.test('a refusal is shown on the login page: a wrong password stays at the provider', async (t) => {
+  const context = await browser.newContext()
+  t.teardown(async () => { await context.close() })
+  const page = await context.newPage()
+  await keycloakLogin(page, 'alice', 'not-her-password')
+  await page.waitForSelector('#input-error')
+  t.match(await page.textContent('#input-error'), /Invalid username or password/)
+  const cancelled = await context.newPage()
+  await cancelled.goto(`${demo.url}/callback_keycloak?error=access_denied`)
+  t.equal(await cancelled.textContent('#sso-error code'), 'idp_error', 'a cancelled login lands on /login with its code')
+})
