@@ -1,8 +1,12 @@
 /**
  * Outbound calls to Keycloak: every one with a time-out and a cap on the answer's size, and every
  * failure turned into `idp_unavailable`, so a hanging or misbehaving provider costs a bounded wait
- * and never a 500.
+ * and never a 500. Built on `node:http` with keep-alive agents rather than `fetch`: the token call is
+ * on every login, and undici's fetch costs several times more CPU per request here
+ * (docs/performance.md).
  */
+import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http'
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
 import { SsoError } from './errors.js'
 
 export const MAX_RESPONSE_BYTES = 1024 * 1024
@@ -13,46 +17,62 @@ export interface HttpAnswer {
   body: unknown
 }
 
-async function readCapped (response: Response, what: string): Promise<string> {
-  const declared = Number(response.headers.get('content-length'))
-  if (declared > MAX_RESPONSE_BYTES) {
-    await response.body?.cancel()
+export interface CallOptions {
+  method?: 'GET' | 'POST'
+  headers?: Record<string, string>
+  body?: string
+  timeoutMs: number
+  /** Names the endpoint in messages. The URL's query and the body are never logged: they may hold codes. */
+  what: string
+}
+
+const agents = { http: new HttpAgent({ keepAlive: true }), https: new HttpsAgent({ keepAlive: true }) }
+
+function send (url: URL, options: CallOptions): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const secure = url.protocol === 'https:'
+    const request = (secure ? httpsRequest : httpRequest)(url, {
+      method: options.method ?? 'GET',
+      headers: options.body === undefined ? options.headers : { ...options.headers, 'content-length': String(Buffer.byteLength(options.body)) },
+      agent: secure ? agents.https : agents.http,
+      signal: AbortSignal.timeout(options.timeoutMs)
+    }, resolve)
+    request.once('error', reject)
+    request.end(options.body)
+  })
+}
+
+async function readCapped (response: IncomingMessage, what: string): Promise<string> {
+  if (Number(response.headers['content-length']) > MAX_RESPONSE_BYTES) {
+    response.destroy()
     throw new SsoError('idp_unavailable', `${what} answered more than ${MAX_RESPONSE_BYTES} bytes`)
   }
-  if (response.body === null) return ''
-  const reader = response.body.getReader()
-  const chunks: Uint8Array[] = []
+  const chunks: Buffer[] = []
   let size = 0
-  for (;;) {
-    const { done, value } = await reader.read()
-    if (done) break
-    size += value.byteLength
+  for await (const chunk of response) {
+    size += (chunk as Buffer).length
     if (size > MAX_RESPONSE_BYTES) {
-      await reader.cancel()
+      response.destroy()
       throw new SsoError('idp_unavailable', `${what} answered more than ${MAX_RESPONSE_BYTES} bytes`)
     }
-    chunks.push(value)
+    chunks.push(chunk as Buffer)
   }
   return Buffer.concat(chunks).toString('utf8')
 }
 
-/**
- * Calls `url` and parses a JSON answer. `what` names the endpoint in messages; the URL's query and
- * the request body are never logged because they may hold codes or tokens.
- */
-export async function callJson (url: string, init: RequestInit & { timeoutMs: number, what: string }): Promise<HttpAnswer> {
-  const { timeoutMs, what, ...request } = init
-  let response: Response
+/** Calls `url` and parses a JSON answer. */
+export async function callJson (url: string, options: CallOptions): Promise<HttpAnswer> {
+  let response: IncomingMessage
   let text: string
   try {
-    response = await fetch(url, { ...request, redirect: 'error', signal: AbortSignal.timeout(timeoutMs) })
-    text = await readCapped(response, what)
+    response = await send(new URL(url), options)
+    text = await readCapped(response, options.what)
   } catch (err) {
     if (err instanceof SsoError) throw err
-    const reason = (err as Error).name === 'TimeoutError' ? `timed out after ${timeoutMs} ms` : 'could not be reached'
-    throw new SsoError('idp_unavailable', `${what} ${reason}`, { cause: err })
+    const reason = (err as Error).name === 'AbortError' ? `timed out after ${options.timeoutMs} ms` : 'could not be reached'
+    throw new SsoError('idp_unavailable', `${options.what} ${reason}`, { cause: err })
   }
-  const contentType = response.headers.get('content-type') ?? ''
+  const contentType = response.headers['content-type'] ?? ''
   let body: unknown = text
   if (text !== '' && /json/i.test(contentType)) {
     try {
@@ -61,7 +81,7 @@ export async function callJson (url: string, init: RequestInit & { timeoutMs: nu
       body = undefined
     }
   }
-  return { status: response.status, contentType, body }
+  return { status: response.statusCode!, contentType, body }
 }
 
 export function isJsonObject (value: unknown): value is Record<string, unknown> {

@@ -4,13 +4,15 @@
  * the apiserver can open what another sealed and nobody else can read or alter them.
  */
 import { EncryptJWT, jwtDecrypt, type JWTPayload } from 'jose'
+import { webcrypto } from 'node:crypto'
 import { deriveKey } from './crypto.js'
 
 export class Sealer {
-  readonly #key: Uint8Array
+  // Imported once: jose would otherwise import raw key bytes into WebCrypto on every operation.
+  readonly #key: Promise<webcrypto.CryptoKey>
 
   constructor (secret: string, purpose: string) {
-    this.#key = deriveKey(secret, purpose)
+    this.#key = webcrypto.subtle.importKey('raw', deriveKey(secret, purpose), 'AES-GCM', false, ['encrypt', 'decrypt'])
   }
 
   async seal (payload: JWTPayload, ttlSec: number): Promise<string> {
@@ -18,12 +20,12 @@ export class Sealer {
       .setProtectedHeader({ alg: 'dir', enc: 'A256GCM' })
       .setIssuedAt()
       .setExpirationTime(Math.floor(Date.now() / 1000) + ttlSec)
-      .encrypt(this.#key)
+      .encrypt(await this.#key)
   }
 
   /** The payload; throws jose's errors (`ERR_JWT_EXPIRED`, `ERR_JWE_DECRYPTION_FAILED`, ...). */
   async open (sealed: string): Promise<JWTPayload> {
-    const { payload } = await jwtDecrypt(sealed, this.#key, { keyManagementAlgorithms: ['dir'], contentEncryptionAlgorithms: ['A256GCM'] })
+    const { payload } = await jwtDecrypt(sealed, await this.#key, { keyManagementAlgorithms: ['dir'], contentEncryptionAlgorithms: ['A256GCM'] })
     return payload
   }
 }

@@ -1,9 +1,11 @@
 /**
  * The ClearML-compatible session token (SPEC section 5 step 10) and its verification on every
  * authenticated request. Verifying an HS256 JWT costs more than the rest of a small request, so
- * verified tokens are cached (bounded, insertion-ordered eviction) and a hit costs one map look-up,
- * an expiry comparison and the revocation check.
+ * verified tokens are cached (bounded, insertion-ordered eviction) with the identity already built,
+ * and a hit costs one map look-up, an expiry comparison and the revocation check, synchronously
+ * when the revocation store answers synchronously (see `benchmarks` in docs/performance.md).
  */
+import { webcrypto } from 'node:crypto'
 import { jwtVerify, SignJWT } from 'jose'
 import type { Company, DirectoryUser, Role } from './directory.js'
 import { randomToken } from './crypto.js'
@@ -26,6 +28,19 @@ export interface SessionClaims {
   exp: number
 }
 
+/** What `authenticate` puts on `request.clearmlIdentity`: the session's identity, its id and expiry. */
+export interface ClearmlIdentity extends SessionIdentity {
+  session_id: string
+  exp: number
+}
+
+/** A verified session: the token's claims, and the identity built from them once. */
+export interface VerifiedSession {
+  claims: SessionClaims
+  /** Frozen and shared by every request that presents the same token. */
+  identity: Readonly<ClearmlIdentity>
+}
+
 export interface IssuedSession {
   token: string
   sessionId: string
@@ -40,14 +55,17 @@ export interface SessionOptions {
 }
 
 export class SessionTokens {
-  readonly #key: Uint8Array | undefined
+  // Imported once: jose would otherwise import the raw secret into WebCrypto on every operation.
+  readonly #key: Promise<webcrypto.CryptoKey> | undefined
   readonly #lifetimeSec: number
   readonly #revocations: RevocationStore
-  readonly #cache = new Map<string, SessionClaims>()
+  readonly #cache = new Map<string, VerifiedSession>()
   readonly #cacheMax: number
 
   constructor (options: SessionOptions) {
-    this.#key = options.secret === undefined ? undefined : new TextEncoder().encode(options.secret)
+    this.#key = options.secret === undefined
+      ? undefined
+      : webcrypto.subtle.importKey('raw', new TextEncoder().encode(options.secret), { name: 'HMAC', hash: 'SHA-256' }, false, ['sign', 'verify'])
     this.#lifetimeSec = options.lifetimeSec
     this.#revocations = options.revocations
     this.#cacheMax = options.cacheMax ?? 10_000
@@ -76,32 +94,48 @@ export class SessionTokens {
       identity,
       session_id: sessionId,
       sso: sid === undefined ? { provider: 'keycloak' } : { provider: 'keycloak', sid }
-    }).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setIssuedAt(iat).setExpirationTime(exp).sign(this.#key)
+    }).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setIssuedAt(iat).setExpirationTime(exp).sign(await this.#key)
     return { token, sessionId, expiresAt: exp }
   }
 
-  /** The token's claims when it is valid, unexpired and not revoked; otherwise `null`. */
-  async verify (token: string): Promise<SessionClaims | null> {
-    let claims = this.#cache.get(token)
-    if (claims === undefined) {
+  /**
+   * The fast path: a cached session, or `null` when it expired or is revoked; `undefined` when only
+   * the slow path can tell (not cached yet, or a revocation store that answers asynchronously).
+   */
+  cached (token: string): VerifiedSession | null | undefined {
+    const session = this.#cache.get(token)
+    if (session === undefined) return undefined
+    if (session.claims.exp <= Date.now() / 1000) {
+      this.#cache.delete(token)
+      return null
+    }
+    const revoked = this.#revocations.isRevoked(session.claims.session_id)
+    if (revoked === false) return session
+    return revoked === true ? null : undefined
+  }
+
+  /** The session when the token is valid, unexpired and not revoked; otherwise `null`. */
+  async verify (token: string): Promise<VerifiedSession | null> {
+    const fast = this.cached(token)
+    if (fast !== undefined) return fast
+    let session = this.#cache.get(token)
+    if (session === undefined) {
       if (this.#key === undefined) return null
+      let claims: SessionClaims
       try {
-        const { payload } = await jwtVerify(token, this.#key, { algorithms: ['HS256'], requiredClaims: ['exp', 'iat'] })
+        const { payload } = await jwtVerify(token, await this.#key, { algorithms: ['HS256'], requiredClaims: ['exp', 'iat'] })
         if (!isSessionClaims(payload)) return null
         claims = payload
       } catch {
         return null
       }
+      session = { claims, identity: Object.freeze({ ...claims.identity, session_id: claims.session_id, exp: claims.exp }) }
       if (this.#cache.size >= this.#cacheMax) this.#cache.delete(this.#cache.keys().next().value!)
-      this.#cache.set(token, claims)
+      this.#cache.set(token, session)
+      const again = this.cached(token)
+      if (again !== undefined) return again
     }
-    if (claims.exp <= Date.now() / 1000) {
-      this.#cache.delete(token)
-      return null
-    }
-    const revoked = this.#revocations.isRevoked(claims.session_id)
-    if (revoked === true || (revoked !== false && await revoked)) return null
-    return claims
+    return await this.#revocations.isRevoked(session.claims.session_id) ? null : session
   }
 }
 

@@ -16,7 +16,7 @@ import { exchangeCode, fetchUserinfo } from './oidc-client.js'
 import { pkceChallenge, timingSafeEqualText } from './crypto.js'
 import type { RevocationStore } from './revocations.js'
 import { Sealer } from './sealed.js'
-import { SessionTokens, type SessionClaims } from './session.js'
+import { SessionTokens, type VerifiedSession } from './session.js'
 import { TransactionCodec, transactionCookieName, type LoginTransaction } from './transaction.js'
 import { verifyAccessToken, verifyIdToken, type VerifyOptions } from './tokens.js'
 
@@ -221,7 +221,7 @@ export class KeycloakSso {
     return await verifyAccessToken(token, this.#verifyOptions())
   }
 
-  async verifySession (token: string | undefined): Promise<SessionClaims | null> {
+  async verifySession (token: string | undefined): Promise<VerifiedSession | null> {
     return token === undefined || token === '' ? null : await this.sessions.verify(token)
   }
 
@@ -230,8 +230,8 @@ export class KeycloakSso {
    * Keycloak's end-session URL to send the browser to.
    */
   async logout (token: string | undefined, sealedIdToken: string | undefined, postLogoutRedirectUri: string): Promise<{ redirectUrl?: string }> {
-    const claims = await this.verifySession(token)
-    if (claims !== null) await this.#revocations.revoke(claims.session_id, claims.exp)
+    const session = await this.verifySession(token)
+    if (session !== null) await this.#revocations.revoke(session.claims.session_id, session.claims.exp)
     if (!this.config.idpLogout || sealedIdToken === undefined || sealedIdToken === '') return {}
     let idToken: string
     try {

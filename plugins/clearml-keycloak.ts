@@ -14,7 +14,7 @@ import { ConfigError } from '../lib/errors.js'
 import type { Claims, Identity } from '../lib/identity.js'
 import type { LoginResult } from '../lib/login.js'
 import { MemoryRevocationStore, type RevocationStore } from '../lib/revocations.js'
-import type { SessionClaims, SessionIdentity } from '../lib/session.js'
+import type { ClearmlIdentity } from '../lib/session.js'
 import { KeycloakSso, type IssueToken } from '../lib/sso.js'
 import { routeLogSerializers, routes } from './routes.js'
 
@@ -50,24 +50,22 @@ export interface ClearmlKeycloakDecorator {
   verifyAccessToken(token: string): Promise<JWTPayload>
   mapClaims(claims: Claims): Identity
   login(input: Claims | Identity): Promise<LoginResult>
-  authenticate(request: FastifyRequest, reply: FastifyReply): Promise<void>
+  /** A preHandler hook; or `await fastify.keycloak.authenticate(request, reply)` from a hook of yours. */
+  authenticate(request: FastifyRequest, reply: FastifyReply, done?: (err?: Error) => void): Promise<void> | undefined
   /** The request's valid session, or `null`: for pages that change when someone is logged in. */
-  sessionOf(request: FastifyRequest): Promise<ClearmlIdentity | null>
+  sessionOf(request: FastifyRequest): Promise<Readonly<ClearmlIdentity> | null>
   /** The service behind the routes; for tests, benchmarks and advanced hosts. */
   sso: KeycloakSso
 }
 
-export interface ClearmlIdentity extends SessionIdentity {
-  session_id: string
-  exp: number
-}
+export type { ClearmlIdentity }
 
 declare module 'fastify' {
   interface FastifyInstance {
     keycloak: ClearmlKeycloakDecorator
   }
   interface FastifyRequest {
-    clearmlIdentity: ClearmlIdentity | null
+    clearmlIdentity: Readonly<ClearmlIdentity> | null
   }
 }
 
@@ -125,18 +123,36 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     sso_providers: [{ name: 'keycloak', display_name: config.displayName, url: loginUrl }]
   })
 
-  const sessionOf = async (request: FastifyRequest): Promise<ClearmlIdentity | null> => {
-    const claims: SessionClaims | null = await sso.verifySession(tokenOf(request))
-    return claims === null ? null : { ...claims.identity, session_id: claims.session_id, exp: claims.exp }
-  }
+  const sessionOf = async (request: FastifyRequest): Promise<Readonly<ClearmlIdentity> | null> =>
+    (await sso.verifySession(tokenOf(request)))?.identity ?? null
   const unauthorized = errorEnvelope('authenticate', 401, 'invalid_token')
-  const authenticate = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
-    const identity = await sessionOf(request)
-    if (identity === null) {
-      await reply.code(401).send(unauthorized)
-      return
+  const refuse = async (reply: FastifyReply): Promise<void> => { await reply.code(401).send(unauthorized) }
+  const slowAuthenticate = async (request: FastifyRequest, reply: FastifyReply, token: string | undefined): Promise<void> => {
+    const session = await sso.verifySession(token)
+    if (session === null) return await refuse(reply)
+    request.clearmlIdentity = session.identity
+  }
+  /**
+   * The hot path of every authenticated request. Used as a hook, Fastify passes `done` and a cached
+   * session is accepted synchronously, without a promise; called directly, it returns a promise.
+   */
+  const authenticate = (request: FastifyRequest, reply: FastifyReply, done?: (err?: Error) => void): Promise<void> | undefined => {
+    const token = tokenOf(request)
+    const fast = token === undefined ? null : sso.sessions.cached(token)
+    let pending: Promise<void>
+    if (fast === undefined) {
+      pending = slowAuthenticate(request, reply, token)
+    } else if (fast === null) {
+      pending = refuse(reply)
+    } else {
+      request.clearmlIdentity = fast.identity
+      if (done === undefined) return Promise.resolve()
+      done()
+      return undefined
     }
-    request.clearmlIdentity = identity
+    if (done === undefined) return pending
+    pending.then(() => { done() }, done)
+    return undefined
   }
 
   fastify.decorateRequest('clearmlIdentity', null)

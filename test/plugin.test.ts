@@ -123,6 +123,9 @@ t.test('authenticate: cookie or Bearer, 401 envelope otherwise, revoked sessions
     t.equal(answer.statusCode, 401, name)
     t.match(answer.json(), { meta: { result_code: 401, result_msg: 'invalid_token' }, data: { error: 'invalid_token' } }, name)
   }
+  const direct = async (headers: Record<string, string>) => await stack.app.inject({ method: 'GET', url: '/me-direct', headers })
+  t.equal((await direct({})).statusCode, 401, 'awaited from a hook of the host: refusal')
+  t.equal((await direct({ cookie: `clearml_token_basic=${token}` })).json().user, decodeJwt(token).identity && (decodeJwt(token).identity as { user: string }).user, 'awaited: accepted')
   await revocations.revoke(decodeJwt(token).session_id as string, Math.floor(Date.now() / 1000) + 60)
   t.equal((await get({ cookie: `clearml_token_basic=${token}` })).statusCode, 401, 'revoked by another instance sharing the store')
 })

@@ -3,6 +3,11 @@
  */
 import t from 'tap'
 import { createServer } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import { MemoryRevocationStore } from '../index.js'
@@ -93,13 +98,18 @@ t.test('session cache: verified once, expiry honoured, bounded, revocation check
   const a = await sessions.issue(user, company, 'sa', 'kc-sid')
   const b = await sessions.issue(user, company, 'sb', undefined)
   const c = await sessions.issue(user, company, 'sc', undefined)
-  t.match(await sessions.verify(a.token), { session_id: 'sa', sso: { provider: 'keycloak', sid: 'kc-sid' } })
+  t.equal(sessions.cached(a.token), undefined, 'not cached before the first verification')
+  const first = await sessions.verify(a.token)
+  t.match(first, { claims: { session_id: 'sa', sso: { provider: 'keycloak', sid: 'kc-sid' } }, identity: { user: 'u1', company: 'c', session_id: 'sa' } })
+  t.equal(sessions.cached(a.token), first, 'then answered from the cache, synchronously')
+  t.ok(Object.isFrozen(first!.identity), 'the shared identity cannot be changed by one request for the next')
   await sessions.verify(b.token)
   await sessions.verify(c.token)
   t.equal(sessions.cacheSize, 2, 'bounded')
-  t.match(await sessions.verify(a.token), { session_id: 'sa' }, 'an evicted token verifies again')
+  t.match(await sessions.verify(a.token), { claims: { session_id: 'sa' } }, 'an evicted token verifies again')
   await revocations.revoke('sa', a.expiresAt)
-  t.equal(await sessions.verify(a.token), null, 'revoked: refused although cached')
+  t.equal(sessions.cached(a.token), null, 'revoked: refused by the fast path')
+  t.equal(await sessions.verify(a.token), null, 'and by the slow path, although cached')
 
   const short = new SessionTokens({ secret: 'k', lifetimeSec: 1, revocations })
   const s = await short.issue(user, company, 'ss', undefined)
@@ -112,6 +122,8 @@ t.test('session cache: verified once, expiry honoured, bounded, revocation check
   const withAsync = new SessionTokens({ secret: 'k', lifetimeSec: 60, revocations: asyncStore })
   t.equal(await withAsync.verify(a.token), null, 'an asynchronous store is awaited')
   t.ok(await withAsync.verify(b.token))
+  t.equal(withAsync.cached(b.token), undefined, 'an asynchronous store leaves the fast path undecided')
+  t.ok(await withAsync.verify(b.token), 'and the slow path answers from the cache')
 
   const noSecret = new SessionTokens({ secret: undefined, lifetimeSec: 60, revocations })
   t.equal(await noSecret.verify(b.token), null)
@@ -173,6 +185,15 @@ t.test('callJson: empty bodies, missing content type', async (t) => {
   t.same(await callJson(`${base}/empty`, { timeoutMs: 1000, what: 'x' }), { status: 204, contentType: '', body: '' })
   t.same((await callJson(`${base}/plain`, { timeoutMs: 1000, what: 'x' })).body, '{"a":1}', 'without a JSON content type, the text is kept')
   await t.rejects(callJson('http://127.0.0.1:1/', { timeoutMs: 1000, what: 'x' }), { code: 'idp_unavailable', message: 'x could not be reached' })
+})
+
+t.test('callJson over https verifies the certificate: a self-signed Keycloak is refused', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'kc-tls-'))
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' })
+  const server = createHttpsServer({ key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) }, (req, res) => res.end('{}'))
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
+  await t.rejects(callJson(`https://127.0.0.1:${(server.address() as AddressInfo).port}/certs`, { timeoutMs: 2000, what: 'key set (jwks)' }), { code: 'idp_unavailable', message: 'key set (jwks) could not be reached' })
 })
 
 t.test('error handler: unexpected errors are logged and answered in the envelope', async (t) => {

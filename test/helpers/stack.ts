@@ -86,6 +86,8 @@ export async function startStack (options: StackOptions = {}): Promise<Stack> {
   await app.register(clearmlKeycloak, { directory, webappUrl: appUrl, env, ...options.plugin })
   if (options.protectedRoute === true) {
     app.get('/me', { preHandler: app.keycloak.authenticate }, async (request) => request.clearmlIdentity)
+    // As a host calls it from a hook of its own.
+    app.get('/me-direct', { preHandler: async (request, reply) => { await app.keycloak.authenticate(request, reply) } }, async (request) => request.clearmlIdentity)
   }
   app.get('/', async () => 'home')
   await app.listen({ port, host: '127.0.0.1' })
