@@ -146,8 +146,10 @@ const memory: Array<{ logins: number, heapMiB: number, rssMiB: number, sessionCa
 const baseline = await stats(plugin)
 memory.push({ logins: baseline.created, heapMiB: baseline.memory.heapUsed / 2 ** 20, rssMiB: baseline.memory.rss / 2 ** 20, sessionCache: baseline.sessionCache })
 const chunk = 10000
+const memoryRefused = new Map<string, number>()
 for (let done = 0; done < MEMORY_LOGINS; done += chunk) {
-  await completeLogins(plugin, await prepareLogins(plugin, provider, Math.min(chunk, MEMORY_LOGINS - done)), 20)
+  const batch = await completeLogins(plugin, await prepareLogins(plugin, provider, Math.min(chunk, MEMORY_LOGINS - done)), 20)
+  for (const [code, count] of batch.refused) memoryRefused.set(code, (memoryRefused.get(code) ?? 0) + count)
   const s = await stats(plugin)
   memory.push({ logins: s.created, heapMiB: s.memory.heapUsed / 2 ** 20, rssMiB: s.memory.rss / 2 ** 20, sessionCache: s.sessionCache })
   process.stderr.write(`${s.created} logins, heap ${(s.memory.heapUsed / 2 ** 20).toFixed(1)} MiB\n`)
@@ -172,7 +174,8 @@ const summary = {
   logins: { count: run.ok, refused: Object.fromEntries(run.refused), perSec: run.ok / (run.ms / 1000), cpuPerLoginUs },
   rotation: { callbacks: ROTATION_CALLBACKS, succeeded: rotation.ok, jwksFetches: rotationFetches },
   unknownKidFlood: { callbacks: ROTATION_CALLBACKS, refused: Object.fromEntries(flood.refused), seconds: flood.ms / 1000, jwksFetches: floodFetches },
-  memory
+  memory,
+  memoryRefused: Object.fromEntries(memoryRefused)
 }
 
 const f = (n: number, digits = 0): string => n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
@@ -197,4 +200,5 @@ console.log(`
 | logins of distinct users | heap used (MiB) | rss (MiB) | session cache entries |
 |---|---|---|---|`)
 for (const m of memory) console.log(`| ${f(m.logins)} | ${f(m.heapMiB, 1)} | ${f(m.rssMiB, 1)} | ${f(m.sessionCache)} |`)
+console.log(`\nRefused during the memory run: ${JSON.stringify(Object.fromEntries(memoryRefused))}`)
 console.log('\n' + JSON.stringify(summary))

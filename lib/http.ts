@@ -28,16 +28,24 @@ export interface CallOptions {
 
 const agents = { http: new HttpAgent({ keepAlive: true }), https: new HttpsAgent({ keepAlive: true }) }
 
-function send (url: URL, options: CallOptions): Promise<IncomingMessage> {
+function send (url: URL, options: CallOptions, signal: AbortSignal, retried = false): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => {
     const secure = url.protocol === 'https:'
     const request = (secure ? httpsRequest : httpRequest)(url, {
       method: options.method ?? 'GET',
       headers: options.body === undefined ? options.headers : { ...options.headers, 'content-length': String(Buffer.byteLength(options.body)) },
       agent: secure ? agents.https : agents.http,
-      signal: AbortSignal.timeout(options.timeoutMs)
+      signal
     }, resolve)
-    request.once('error', reject)
+    request.once('error', (err: NodeJS.ErrnoException) => {
+      // A kept-alive socket the server closed while idle fails before the request reached it: the
+      // one case Node's documentation says to retry (http: request.reusedSocket). Once, on a new socket.
+      if (!retried && request.reusedSocket && (err.code === 'ECONNRESET' || err.code === 'EPIPE')) {
+        send(url, options, signal, true).then(resolve, reject)
+      } else {
+        reject(err)
+      }
+    })
     request.end(options.body)
   })
 }
@@ -65,7 +73,7 @@ export async function callJson (url: string, options: CallOptions): Promise<Http
   let response: IncomingMessage
   let text: string
   try {
-    response = await send(new URL(url), options)
+    response = await send(new URL(url), options, AbortSignal.timeout(options.timeoutMs))
     text = await readCapped(response, options.what)
   } catch (err) {
     if (err instanceof SsoError) throw err

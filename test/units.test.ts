@@ -187,6 +187,26 @@ t.test('callJson: empty bodies, missing content type', async (t) => {
   await t.rejects(callJson('http://127.0.0.1:1/', { timeoutMs: 1000, what: 'x' }), { code: 'idp_unavailable', message: 'x could not be reached' })
 })
 
+t.test('callJson retries once when a kept-alive socket was closed by the server', async (t) => {
+  const perSocket = new WeakMap<object, number>()
+  let connections = 0
+  const server = createServer((req, res) => {
+    const seen = (perSocket.get(req.socket) ?? 0) + 1
+    perSocket.set(req.socket, seen)
+    // The second request on a socket finds it closed, as after the server's idle time-out.
+    if (seen === 2 || req.url === '/always-reset') req.socket.destroy()
+    else res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}')
+  })
+  server.on('connection', () => { connections++ })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  t.same((await callJson(`${base}/a`, { timeoutMs: 1000, what: 'x' })).body, { ok: true })
+  t.same((await callJson(`${base}/b`, { timeoutMs: 1000, what: 'x' })).body, { ok: true }, 'the reset reused socket is retried on a new one')
+  t.equal(connections, 2)
+  await t.rejects(callJson(`${base}/always-reset`, { timeoutMs: 1000, what: 'x' }), { code: 'idp_unavailable' }, 'a reset on a fresh socket is not retried')
+})
+
 t.test('callJson over https verifies the certificate: a self-signed Keycloak is refused', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'kc-tls-'))
   execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' })
