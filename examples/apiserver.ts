@@ -3,7 +3,7 @@
  * The demo runs it against the embedded provider; `examples/keycloak/` runs it against a real
  * Keycloak. Its configuration is only ever the CLEARML__ environment.
  */
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyInstance } from 'fastify'
 import clearmlKeycloak, { MemoryDirectory, redactPaths } from '../index.js'
 import { escapeHtml, page } from './demo/page.js'
 
@@ -22,7 +22,7 @@ export async function buildApiserver (options: { env: Record<string, string | un
   // Only the plugin's own lines (logins, refusals) by default: per-request lines drown them out.
   const app = Fastify({
     logger: options.logger === false ? false : { level: 'info', redact: redactPaths },
-    disableRequestLogging: process.env.DEMO_REQUEST_LOGS !== '1'
+    logController: new LogController({ disableRequestLogging: process.env.DEMO_REQUEST_LOGS !== '1' })
   })
   await app.register(clearmlKeycloak, { directory, webappUrl: options.webappUrl, env: options.env })
 

@@ -11,7 +11,7 @@ import { randomToken, timingSafeEqualText } from './crypto.js'
 import { Sealer } from './sealed.js'
 
 export const TRANSACTION_TTL_SEC = 600
-export const TRANSACTION_COOKIE_PREFIX = 'clearml_kc_tx_'
+const TRANSACTION_COOKIE_PREFIX = 'clearml_kc_tx_'
 
 export interface LoginTransaction {
   id: string

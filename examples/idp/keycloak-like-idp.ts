@@ -12,7 +12,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net'
 import { randomUUID } from 'node:crypto'
 import { createLocalJWKSet, exportJWK, generateKeyPair, jwtVerify, type JWK } from 'jose'
-import Provider, { type Configuration, type KoaContextWithOIDC } from 'oidc-provider'
+import Provider, { type AdapterConstructor, type Configuration, type KoaContextWithOIDC } from 'oidc-provider'
 
 export interface RealmUser {
   username: string
@@ -64,6 +64,44 @@ export interface KeycloakLikeIdp {
 
 const REALM_DEFAULT_ROLES = (realm: string): string[] => ['offline_access', 'uma_authorization', `default-roles-${realm}`]
 
+/**
+ * The provider's storage, in memory and per instance. oidc-provider ships one too but warns on every
+ * start that it is for development; this one is the same thing, said once, here.
+ */
+function memoryAdapter (): AdapterConstructor {
+  const store = new Map<string, { payload: Record<string, unknown>, expiresAt: number }>()
+  const live = (key: string): Record<string, unknown> | undefined => {
+    const entry = store.get(key)
+    if (entry === undefined || entry.expiresAt < Date.now()) return undefined
+    return entry.payload
+  }
+  return class MemoryAdapter {
+    readonly #name: string
+    constructor (name: string) { this.#name = name }
+    async upsert (id: string, payload: Record<string, unknown>, expiresIn: number): Promise<void> {
+      store.set(`${this.#name}:${id}`, { payload, expiresAt: Date.now() + expiresIn * 1000 })
+      if (typeof payload.uid === 'string') store.set(`${this.#name}:uid:${payload.uid}`, { payload: { id }, expiresAt: Date.now() + expiresIn * 1000 })
+    }
+
+    async find (id: string): Promise<Record<string, unknown> | undefined> { return live(`${this.#name}:${id}`) }
+    async findByUid (uid: string): Promise<Record<string, unknown> | undefined> {
+      const ref = live(`${this.#name}:uid:${uid}`)
+      return ref === undefined ? undefined : live(`${this.#name}:${ref.id as string}`)
+    }
+
+    async findByUserCode (): Promise<undefined> { return undefined }
+    async consume (id: string): Promise<void> {
+      const payload = live(`${this.#name}:${id}`)
+      if (payload !== undefined) payload.consumed = Math.floor(Date.now() / 1000)
+    }
+
+    async destroy (id: string): Promise<void> { store.delete(`${this.#name}:${id}`) }
+    async revokeByGrantId (grantId: string): Promise<void> {
+      for (const [key, entry] of store) if (entry.payload.grantId === grantId) store.delete(key)
+    }
+  } as never
+}
+
 function escapeHtml (text: string): string {
   return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
 }
@@ -109,6 +147,8 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
   const hits = new Map<string, number>()
   let keys: JWK[] = [await newSigningKey()]
   let provider: Provider
+  // One store for the realm, kept when keys rotate, as Keycloak keeps sessions across a rotation.
+  const storage = memoryAdapter()
 
   const server: Server = createServer((req, res) => { handle(req, res).catch(() => res.destroy()) })
   await new Promise<void>((resolve) => server.listen(options.port ?? 0, host, resolve))
@@ -241,6 +281,7 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
     },
     interactions: { url: async (_ctx, interaction) => `${mount}/login-actions/authenticate/${interaction.uid}` },
     cookies: { keys: [randomUUID()] },
+    adapter: storage,
     ttl: { AccessToken: 300, IdToken: 300, Interaction: 600, Session: 3600, Grant: 3600, AuthorizationCode: 60 },
     renderError: async (ctx, out) => {
       ctx.type = 'html'
