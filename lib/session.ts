@@ -39,6 +39,13 @@ export interface VerifiedSession {
   claims: SessionClaims
   /** Frozen and shared by every request that presents the same token. */
   identity: Readonly<ClearmlIdentity>
+  /** Revocation key of its Keycloak session, when it has one (back-channel logout). */
+  keycloakSessionKey?: string
+}
+
+/** Revocation key under which a back-channel logout revokes every session of one Keycloak session. */
+export function keycloakSessionKey (sid: string): string {
+  return `keycloak-sid:${sid}`
 }
 
 export interface IssuedSession {
@@ -110,8 +117,11 @@ export class SessionTokens {
       return null
     }
     const revoked = this.#revocations.isRevoked(session.claims.session_id)
-    if (revoked === false) return session
-    return revoked === true ? null : undefined
+    if (revoked !== false) return revoked === true ? null : undefined
+    if (session.keycloakSessionKey === undefined) return session
+    const ended = this.#revocations.isRevoked(session.keycloakSessionKey)
+    if (ended === false) return session
+    return ended === true ? null : undefined
   }
 
   /** The session when the token is valid, unexpired and not revoked; otherwise `null`. */
@@ -129,13 +139,18 @@ export class SessionTokens {
       } catch {
         return null
       }
-      session = { claims, identity: Object.freeze({ ...claims.identity, session_id: claims.session_id, exp: claims.exp }) }
+      session = {
+        claims,
+        identity: Object.freeze({ ...claims.identity, session_id: claims.session_id, exp: claims.exp }),
+        keycloakSessionKey: typeof claims.sso?.sid === 'string' ? keycloakSessionKey(claims.sso.sid) : undefined
+      }
       if (this.#cache.size >= this.#cacheMax) this.#cache.delete(this.#cache.keys().next().value!)
       this.#cache.set(token, session)
       const again = this.cached(token)
       if (again !== undefined) return again
     }
-    return await this.#revocations.isRevoked(session.claims.session_id) ? null : session
+    if (await this.#revocations.isRevoked(session.claims.session_id)) return null
+    return session.keycloakSessionKey !== undefined && await this.#revocations.isRevoked(session.keycloakSessionKey) ? null : session
   }
 }
 

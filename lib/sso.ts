@@ -16,9 +16,9 @@ import { exchangeCode, fetchUserinfo } from './oidc-client.js'
 import { pkceChallenge, timingSafeEqualText } from './crypto.js'
 import type { RevocationStore } from './revocations.js'
 import { Sealer } from './sealed.js'
-import { SessionTokens, type VerifiedSession } from './session.js'
+import { keycloakSessionKey, SessionTokens, type VerifiedSession } from './session.js'
 import { TransactionCodec, transactionCookieName, type LoginTransaction } from './transaction.js'
-import { verifyAccessToken, verifyIdToken, type VerifyOptions } from './tokens.js'
+import { verifyAccessToken, verifyIdToken, verifyLogoutToken, type VerifyOptions } from './tokens.js'
 
 export interface IssueTokenContext {
   company: Company
@@ -223,6 +223,16 @@ export class KeycloakSso {
 
   async verifySession (token: string | undefined): Promise<VerifiedSession | null> {
     return token === undefined || token === '' ? null : await this.sessions.verify(token)
+  }
+
+  /**
+   * Keycloak's back-channel logout: every ClearML session of that Keycloak session is revoked, on
+   * every instance that shares the revocation store, until it would have expired anyway.
+   */
+  async backchannelLogout (logoutToken: string): Promise<void> {
+    const claims = await verifyLogoutToken(logoutToken, this.#verifyOptions())
+    await this.#revocations.revoke(keycloakSessionKey(claims.sid), this.sessions.expiresAt())
+    this.#log.info({ keycloak_sid: claims.sid }, 'Keycloak back-channel logout')
   }
 
   /**

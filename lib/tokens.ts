@@ -14,13 +14,13 @@ export interface VerifyOptions {
   getKey: JWTVerifyGetKey
 }
 
-async function verify (token: string, what: string, options: VerifyOptions, audience?: string): Promise<JWTPayload> {
+async function verify (token: string, what: string, options: VerifyOptions, audience?: string, requiredClaims = ['exp', 'iat', 'sub']): Promise<JWTPayload> {
   const checks = {
     issuer: options.issuer,
     audience,
     algorithms: options.algorithms,
     clockTolerance: options.clockToleranceSec,
-    requiredClaims: ['exp', 'iat', 'sub']
+    requiredClaims
   }
   try {
     try {
@@ -72,4 +72,22 @@ export async function verifyAccessToken (token: string, options: VerifyOptions &
   if (claims.azp !== options.clientId) reject('access token', 'azp is not this client')
   if (options.subject !== undefined && claims.sub !== options.subject) reject('access token', 'sub differs from the ID token')
   return claims
+}
+
+export const BACKCHANNEL_LOGOUT_EVENT = 'http://schemas.openid.net/event/backchannel-logout'
+
+/**
+ * A back-channel logout token (OpenID Connect Back-Channel Logout 1.0, 2.6): signature, `iss`, `aud`
+ * ∋ client, `iat`, `jti`, the logout event, no `nonce` (so an ID token cannot be replayed as one),
+ * and a `sid`, since sessions are revoked by Keycloak session (Keycloak's "Backchannel logout
+ * session required", on by default).
+ */
+export async function verifyLogoutToken (token: string, options: VerifyOptions): Promise<JWTPayload & { sid: string }> {
+  const claims = await verify(token, 'logout token', options, options.clientId, ['iat', 'jti'])
+  const events = claims.events as Record<string, unknown> | undefined
+  if (events === null || typeof events !== 'object' || typeof events[BACKCHANNEL_LOGOUT_EVENT] !== 'object') reject('logout token', 'no back-channel logout event')
+  if (claims.nonce !== undefined) reject('logout token', 'it has a nonce')
+  if (claims.typ !== undefined && claims.typ !== 'Logout') reject('logout token', 'typ is not Logout')
+  if (typeof claims.sid !== 'string' || claims.sid === '') reject('logout token', 'no sid (turn on "Backchannel logout session required")')
+  return claims as JWTPayload & { sid: string }
 }

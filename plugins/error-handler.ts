@@ -12,6 +12,8 @@ export interface RouteMeta {
   endpoint: string
   /** Browser routes answer refusals with a redirect instead of JSON. */
   browser?: boolean
+  /** One status for every refusal, where a protocol prescribes it (back-channel logout: 400). */
+  refusalStatus?: number
 }
 
 export function toSsoError (error: FastifyError | SsoError): SsoError {
@@ -34,5 +36,6 @@ export async function ssoErrorHandler (error: FastifyError | SsoError, request: 
     await reply.redirect(`/login?sso_error=${sso.code}`, 302)
     return
   }
-  await reply.code(sso.statusCode).send(errorEnvelope(meta.endpoint, sso.statusCode, sso.code))
+  const status = sso.code === 'internal_error' ? sso.statusCode : meta.refusalStatus ?? sso.statusCode
+  await reply.code(status).send(errorEnvelope(meta.endpoint, status, sso.code))
 }

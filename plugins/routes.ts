@@ -13,7 +13,7 @@ import { safeReturnPath, sameOriginUrl } from '../lib/redirects.js'
 import type { CompletedLogin, KeycloakSso } from '../lib/sso.js'
 import { transactionCookieName } from '../lib/transaction.js'
 import {
-  AuthorizeData, AuthorizeInput, BrowserLoginQuery, CallbackQuery, Envelope, LogoutData, LogoutInput,
+  AuthorizeData, AuthorizeInput, BackchannelLogoutInput, BrowserLoginQuery, CallbackQuery, Envelope, LogoutData, LogoutInput,
   SsoCallbackData, SsoCallbackInput, SupportedModesData, SupportedModesInput
 } from '../schemas/routes.js'
 import { ssoErrorHandler, type RouteMeta } from './error-handler.js'
@@ -42,7 +42,7 @@ function redactedRequest (request: FastifyRequest): Record<string, unknown> {
   return { method: request.method, url, host: request.host, remoteAddress: request.ip }
 }
 
-const meta = (endpoint: string, browser = false): { config: RouteMeta } => ({ config: { endpoint, browser } })
+const meta = (endpoint: string, browser = false, refusalStatus?: number): { config: RouteMeta } => ({ config: { endpoint, browser, refusalStatus } })
 
 export async function routes (fastify: FastifyInstance, options: RoutesOptions): Promise<void> {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
@@ -155,6 +155,16 @@ export async function routes (fastify: FastifyInstance, options: RoutesOptions):
   app.get('/logout', { ...meta('logout', true), schema: { querystring: LogoutInput } }, async (request, reply) => {
     const redirectUrl = await logout(request, reply, request.query.redirect_url)
     return reply.redirect(redirectUrl ?? '/login', 302)
+  })
+
+  // Back-channel logout: Keycloak POSTs a form with `logout_token` to the client's "Backchannel logout
+  // URL". The form parser is registered in this context only, leaving the host's parsers alone.
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string', bodyLimit: 32 * 1024 }, (request, body, done) => {
+    done(null, Object.fromEntries(new URLSearchParams(body as string)))
+  })
+  app.post('/logout/backchannel', { ...meta('logout.backchannel', false, 400), schema: { body: BackchannelLogoutInput } }, async (request, reply) => {
+    await sso.backchannelLogout(request.body.logout_token)
+    return await reply.header('cache-control', 'no-store').send(envelope('logout.backchannel', {}))
   })
 }
 

@@ -37,6 +37,10 @@ export const SsoCallbackInput = Type.Object({
   return_token: Type.Optional(Type.Boolean())
 }, { additionalProperties: true })
 
+export const BackchannelLogoutInput = Type.Object({
+  logout_token: Type.String({ minLength: 1, maxLength: 16384 })
+}, { additionalProperties: true })
+
 export const LogoutInput = Type.Object({
   redirect_url: Text(2048)
 }, { additionalProperties: true })

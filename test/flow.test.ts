@@ -208,3 +208,27 @@ t.test('works with exactly the variables of ClearML\'s Keycloak documentation', 
   const logout = JSON.parse((await agent.request(`${stack.appUrl}/login.logout`, { json: {} })).body)
   t.match(logout.data.redirect_url, `${stack.idp.issuer}/protocol/openid-connect/logout?id_token_hint=`)
 })
+
+t.test('back-channel logout: ending the Keycloak session ends every ClearML session of it', async (t) => {
+  const stack = await startStack({ env: { [`${KC}idp_logout`]: 'true' }, protectedRoute: true })
+  t.teardown(stack.close)
+  const { agent } = await stack.login('alice')
+  const first = agent.cookies(stack.appUrl).get('clearml_token_basic')!
+  // A second ClearML session on the same Keycloak session (single sign-on: no password asked).
+  t.equal((await agent.navigate(`${stack.appUrl}/login/keycloak`)).body, 'home')
+  const second = agent.cookies(stack.appUrl).get('clearml_token_basic')!
+  t.not(first, second)
+  t.equal(decodeJwt(first).sso && (decodeJwt(first).sso as { sid: string }).sid, (decodeJwt(second).sso as { sid: string }).sid, 'one Keycloak session id')
+  const me = async (token: string): Promise<number> => (await fetch(`${stack.appUrl}/me`, { headers: { authorization: `Bearer ${token}` } })).status
+  t.equal(await me(first), 200)
+
+  // The user logs out at Keycloak (here through ClearML's logout of the second session).
+  const logout = JSON.parse((await agent.request(`${stack.appUrl}/login.logout`, { json: {} })).body)
+  const endSession = await agent.navigate(logout.data.redirect_url)
+  const form = endSession.body.match(/<form[^>]*action="([^"]+)"[^>]*>([\s\S]*?)<\/form>/)!
+  const fields = Object.fromEntries([...form[2].matchAll(/name="([^"]+)" value="([^"]*)"/g)].map((m) => [m[1], m[2]]))
+  await agent.navigate(new URL(form[1], endSession.url).href, { form: { ...fields, logout: 'yes' }, stopAt: (u) => u.startsWith(stack.appUrl) })
+
+  t.equal(await me(first), 401, 'the first session, never logged out at ClearML, is revoked by Keycloak\'s back-channel call')
+  t.match(stack.logs.join(''), 'Keycloak back-channel logout')
+})

@@ -32,6 +32,7 @@ async function harness (t: Test, env: Record<string, string> = {}, prepare?: (id
       ...env
     }
   })
+  app.get('/me', { preHandler: app.keycloak.authenticate }, async (request) => request.clearmlIdentity)
   t.teardown(async () => { await app.close(); await idp.close() })
   return { idp, app, directory }
 }
@@ -289,4 +290,41 @@ t.test('discovery: issuer mismatch refused; unreachable or broken falls back to 
     await login(h)
     t.equal(h.idp.hits.get('/realms/test/.well-known/openid-configuration'), 2, `discovery ${name}: tried again on the next login`)
   }
+})
+
+t.test('back-channel logout tokens (OpenID Connect Back-Channel Logout 1.0)', async (t) => {
+  const h = await harness(t)
+  const answer = await login(h)
+  const session = answer.setCookie.find((c) => c.startsWith('clearml_token_basic='))!.split(';')[0]
+  const me = async (): Promise<number> => (await h.app.inject({ method: 'GET', url: '/me', headers: { cookie: session } })).statusCode
+  t.equal(await me(), 200)
+  const now = Math.floor(Date.now() / 1000)
+  const valid = (): JWTPayload => ({ iss: h.idp.issuer, aud: 'clearml', iat: now, exp: now + 60, jti: `jti-${Math.random()}`, sid: 'kc-session-1', sub: 'someone', typ: 'Logout', events: { 'http://schemas.openid.net/event/backchannel-logout': {} } })
+  const post = async (payload: string, type = 'application/x-www-form-urlencoded') => await h.app.inject({ method: 'POST', url: '/logout/backchannel', payload, headers: { 'content-type': type } })
+  const other = await newKey('key-1')
+  const cases: Array<[string, () => Promise<string>]> = [
+    ['wrong iss', async () => await h.idp.sign({ ...valid(), iss: 'https://evil.example' })],
+    ['aud of another client', async () => await h.idp.sign({ ...valid(), aud: 'other' })],
+    ['no logout event', async () => await h.idp.sign({ ...valid(), events: {} })],
+    ['a nonce (an ID token passed off)', async () => await h.idp.sign({ ...valid(), nonce: 'n' })],
+    ['typ ID', async () => await h.idp.sign({ ...valid(), typ: 'ID' })],
+    ['no sid', async () => await h.idp.sign(without(valid(), 'sid'))],
+    ['no jti', async () => await h.idp.sign(without(valid(), 'jti'))],
+    ['no iat', async () => await h.idp.sign(without(valid(), 'iat'))],
+    ['a key the provider does not publish', async () => await h.idp.sign(valid(), { key: other })],
+    ['not a JWT', async () => 'garbage']
+  ]
+  for (const [name, make] of cases) {
+    const refused = await post(`logout_token=${encodeURIComponent(await make())}`)
+    t.equal(refused.statusCode, 400, `${name}: 400, as the specification asks`)
+    t.match(refused.json(), { data: { error: 'invalid_token' } }, name)
+    t.equal(await me(), 200, `${name}: the session lives on`)
+  }
+  t.match((await post('nothing=here')).json(), { meta: { result_code: 400 }, data: { error: 'bad_request' } }, 'no logout_token')
+  const accepted = await post(`logout_token=${encodeURIComponent(await h.idp.sign(valid()))}`)
+  t.equal(accepted.statusCode, 200)
+  t.equal(accepted.headers['cache-control'], 'no-store')
+  t.equal(await me(), 401, 'every session of that Keycloak session is refused from now on')
+  const json = await post(JSON.stringify({ logout_token: await h.idp.sign(valid()) }), 'application/json')
+  t.equal(json.statusCode, 200, 'a JSON body is accepted as well')
 })

@@ -125,6 +125,15 @@ t.test('session cache: verified once, expiry honoured, bounded, revocation check
   t.equal(withAsync.cached(b.token), undefined, 'an asynchronous store leaves the fast path undecided')
   t.ok(await withAsync.verify(b.token), 'and the slow path answers from the cache')
 
+  // A store that knows session ids locally but asks elsewhere about ended Keycloak sessions.
+  const mixed = { revoke: async () => {}, isRevoked: (id: string) => id.startsWith('keycloak-sid:') ? Promise.resolve(id === 'keycloak-sid:kc-ended') : false }
+  const withSid = new SessionTokens({ secret: 'k', lifetimeSec: 60, revocations: mixed })
+  const ended = await withSid.issue(user, company, 'se', 'kc-ended')
+  const live = await withSid.issue(user, company, 'sl', 'kc-live')
+  t.equal(await withSid.verify(ended.token), null, 'a back-channel-ended Keycloak session is refused')
+  t.ok(await withSid.verify(live.token), 'another Keycloak session is not')
+  t.equal(withSid.cached(live.token), undefined, 'the fast path leaves an asynchronous answer to the slow one')
+
   const noSecret = new SessionTokens({ secret: undefined, lifetimeSec: 60, revocations })
   t.equal(await noSecret.verify(b.token), null)
   await t.rejects(noSecret.issue(user, company, 'x', undefined), /token_secret is not configured/)

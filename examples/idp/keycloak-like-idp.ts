@@ -35,6 +35,8 @@ export interface RealmClient {
   clientSecret: string
   redirectUris: string[]
   postLogoutRedirectUris?: string[]
+  /** Keycloak's "Backchannel logout URL"; "Backchannel logout session required" is on. */
+  backchannelLogoutUri?: string
 }
 
 export interface KeycloakLikeIdpOptions {
@@ -187,6 +189,7 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
       client_secret: client.clientSecret,
       redirect_uris: client.redirectUris,
       post_logout_redirect_uris: client.postLogoutRedirectUris ?? [],
+      ...(client.backchannelLogoutUri === undefined ? {} : { backchannel_logout_uri: client.backchannelLogoutUri, backchannel_logout_session_required: true }),
       grant_types: ['authorization_code'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic'
@@ -215,6 +218,7 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
     pkce: { required: () => true },
     features: {
       devInteractions: { enabled: false },
+      backchannelLogout: { enabled: true },
       rpInitiatedLogout: {
         enabled: true,
         // Keycloak logs out without a confirmation page when id_token_hint is given.
@@ -244,7 +248,8 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
             ...standard,
             typ: 'Bearer',
             azp: clientId,
-            sid: (token as { sessionUid?: string }).sessionUid,
+            // The same per-client session id the ID token and the logout token carry.
+            sid: (token as { sid?: string }).sid ?? (token as { sessionUid?: string }).sessionUid,
             scope: 'openid profile email',
             ...(user === undefined ? {} : { ...userClaims(user), ...roleClaims(user, clientId) })
           }
@@ -282,6 +287,13 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
     interactions: { url: async (_ctx, interaction) => `${mount}/login-actions/authenticate/${interaction.uid}` },
     cookies: { keys: [randomUUID()] },
     adapter: storage,
+    // oidc-provider refuses outgoing calls to special-use addresses (SSRF protection); this realm's
+    // clients, like a Keycloak's on a private network, are on such addresses: its back-channel logout
+    // must reach them.
+    fetch: async (url: string | URL | Request, init?: RequestInit) => {
+      const { dispatcher, ...rest } = (init ?? {}) as RequestInit & { dispatcher?: unknown }
+      return await fetch(url, rest)
+    },
     ttl: { AccessToken: 300, IdToken: 300, Interaction: 600, Session: 3600, Grant: 3600, AuthorizationCode: 60 },
     renderError: async (ctx, out) => {
       ctx.type = 'html'
@@ -293,10 +305,13 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
     const next = new Provider(issuer, configuration())
     next.proxy = false
     // Keycloak's ID token says what it is and whom it was issued to, and carries the session id.
+    // (Without this, an oidc-provider logout token would also pass for an ID token and vice versa.)
     const IdToken = next.IdToken as unknown as { prototype: { payload: () => Promise<Record<string, unknown>>, client?: { clientId: string } } }
     const payload = IdToken.prototype.payload
     IdToken.prototype.payload = async function (this: { client?: { clientId: string }, ctx?: KoaContextWithOIDC }) {
       const claims = await payload.call(this)
+      // oidc-provider builds logout tokens with the same class; Keycloak types them "Logout".
+      if (claims.events !== undefined) return { ...claims, typ: 'Logout' }
       const code = this.ctx?.oidc.entities.AuthorizationCode as { sessionUid?: string } | undefined
       return { ...claims, typ: 'ID', azp: this.client?.clientId, sid: claims.sid ?? code?.sessionUid ?? this.ctx?.oidc.session?.uid }
     }

@@ -61,7 +61,7 @@ export async function startStack (options: StackOptions = {}): Promise<Stack> {
   const appUrl = `http://127.0.0.1:${port}`
   const idp = await startKeycloakLikeIdp({
     users: USERS,
-    clients: [{ clientId: CLIENT_ID, clientSecret: CLIENT_SECRET, redirectUris: [`${appUrl}/callback_keycloak`], postLogoutRedirectUris: [`${appUrl}/login`, `${appUrl}/bye`] }],
+    clients: [{ clientId: CLIENT_ID, clientSecret: CLIENT_SECRET, redirectUris: [`${appUrl}/callback_keycloak`], postLogoutRedirectUris: [`${appUrl}/login`, `${appUrl}/bye`], backchannelLogoutUri: `${appUrl}/logout/backchannel` }],
     ...options.idp
   })
   const env: Record<string, string> = options.envFor !== undefined
