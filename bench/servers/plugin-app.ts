@@ -45,5 +45,6 @@ app.get('/stats', async () => {
 // Lets the runner end the process normally, so that --cpu-prof can write its profile.
 app.post('/exit', async () => { setImmediate(() => process.exit(0)); return {} })
 await app.listen({ port: 0, host: '127.0.0.1' })
-const session = await app.keycloak.sso.sessions.issue({ id: 'u0', company: 'acme', name: 'Bench', role: 'user' }, company, 'bench-session', undefined)
+// A session as a login makes it, with a Keycloak session id: authenticate checks both revocations.
+const session = await app.keycloak.sso.sessions.issue({ id: 'u0', company: 'acme', name: 'Bench', role: 'user' }, company, 'bench-session', 'bench-keycloak-session')
 console.log(JSON.stringify({ port: (app.server.address() as { port: number }).port, sessionToken: session.token }))
