@@ -13,7 +13,7 @@ const info = JSON.parse(await new Promise<string>((resolve) => createInterface({
 const url = `http://127.0.0.1:${info.port as number}`
 const cookie = `clearml_token_basic=${info.sessionToken as string}`
 const cpu = async (): Promise<number> => { const s = await (await fetch(`${url}/stats`)).json() as { cpu: { user: number, system: number } }; return s.cpu.user + s.cpu.system }
-const cases: Array<[string, string, Record<string, string>]> = [['bare', '/bare', {}], ['bare + cookie header', '/bare', { cookie }], ['authenticate (cookie)', '/protected', { cookie }], ['authenticate (Bearer)', '/protected', { authorization: `Bearer ${info.sessionToken as string}` }]]
+const cases: Array<[string, string, Record<string, string>]> = [['bare', '/bare', {}], ['bare + cookie header', '/bare', { cookie }], ['no-op preHandler + cookie', '/noop-hook', { cookie }], ['authenticate (cookie)', '/protected', { cookie }], ['authenticate (Bearer)', '/protected', { authorization: `Bearer ${info.sessionToken as string}` }]]
 const amount = Number(process.env.PROBE_REQUESTS ?? 100000)
 const results = new Map<string, number[]>()
 for (let round = 0; round < 3; round++) {

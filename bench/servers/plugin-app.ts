@@ -38,6 +38,8 @@ await app.register(clearmlKeycloak, {
 })
 app.get('/bare', async () => ({ ok: true }))
 app.get('/protected', { preHandler: app.keycloak.authenticate }, async () => ({ ok: true }))
+// What any preHandler costs, to tell the hook's price from authenticate's.
+app.get('/noop-hook', { preHandler: (_request, _reply, done) => { done() } }, async () => ({ ok: true }))
 app.get('/stats', async () => {
   globalThis.gc?.()
   return { cpu: process.cpuUsage(), memory: process.memoryUsage(), created, sessionCache: app.keycloak.sso.sessions.cacheSize, jwksFetches: app.keycloak.sso.keys.fetches }
