@@ -117,14 +117,13 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
 
   const prefix = (options.prefix ?? '').replace(/\/+$/, '')
   const loginUrl = `${prefix}/login/keycloak`
+  const sessionOf = async (request: FastifyRequest): Promise<Readonly<ClearmlIdentity> | null> =>
+    (await sso.verifySession(tokenOf(request)))?.identity ?? null
   const supportedModes = async (request?: FastifyRequest): Promise<SupportedModes> => ({
-    authenticated: request === undefined ? false : (await sso.verifySession(tokenOf(request))) !== null,
+    authenticated: request === undefined ? false : (await sessionOf(request)) !== null,
     sso: { keycloak: loginUrl },
     sso_providers: [{ name: 'keycloak', display_name: config.displayName, url: loginUrl }]
   })
-
-  const sessionOf = async (request: FastifyRequest): Promise<Readonly<ClearmlIdentity> | null> =>
-    (await sso.verifySession(tokenOf(request)))?.identity ?? null
   const unauthorized = errorEnvelope('authenticate', 401, 'invalid_token')
   const refuse = async (reply: FastifyReply): Promise<void> => { await reply.code(401).send(unauthorized) }
   const slowAuthenticate = async (request: FastifyRequest, reply: FastifyReply, token: string | undefined): Promise<void> => {
