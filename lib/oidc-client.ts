@@ -16,10 +16,9 @@ function basicAuthorization (clientId: string, clientSecret: string): string {
   return 'Basic ' + Buffer.from(`${encode(clientId)}:${encode(clientSecret)}`).toString('base64')
 }
 
-/** Keycloak's `error` field, kept only when it looks like an OAuth error code (it goes to the log). */
-function oauthErrorCode (body: unknown): string {
-  const error = isJsonObject(body) ? body.error : undefined
-  return typeof error === 'string' && /^[a-z_]{1,64}$/.test(error) ? error : 'unknown'
+/** An OAuth `error` value for the log: kept only when it looks like an OAuth error code. */
+export function loggableOAuthError (error: unknown): string {
+  return typeof error === 'string' && /^[a-z_]{1,64}$/.test(error) ? error : '(absent or malformed)'
 }
 
 export async function exchangeCode (options: {
@@ -48,7 +47,7 @@ export async function exchangeCode (options: {
     }).toString()
   })
   if (answer.status >= 500) throw new SsoError('idp_unavailable', `token endpoint answered HTTP ${answer.status}`)
-  if (answer.status !== 200) throw new SsoError('token_exchange_failed', `token endpoint refused the code: HTTP ${answer.status}, error ${oauthErrorCode(answer.body)}`)
+  if (answer.status !== 200) throw new SsoError('token_exchange_failed', `token endpoint refused the code: HTTP ${answer.status}, error ${loggableOAuthError(isJsonObject(answer.body) ? answer.body.error : undefined)}`)
   if (!isJsonObject(answer.body)) throw new SsoError('token_exchange_failed', 'token endpoint answered without a JSON token set')
   const { id_token: idToken, access_token: accessToken, token_type: tokenType } = answer.body
   if (typeof idToken !== 'string' || typeof accessToken !== 'string') {

@@ -5,16 +5,20 @@
 
 const PLACEHOLDER_ORIGIN = 'http://return-path.invalid'
 
+/** Text that may name a redirect target at all: bounded, no backslash, no control character. */
+function plausibleTarget (input: unknown): input is string {
+  // eslint-disable-next-line no-control-regex
+  return typeof input === 'string' && input !== '' && input.length <= 2048 && !/[\\\u0000-\u001f\u007f]/.test(input)
+}
+
 /**
  * A same-origin relative path (`/projects?x=1#y`), or `/`. Refuses protocol-relative `//host`,
  * backslash tricks (`/\host`, which browsers read as `//host`), schemes, control characters, and
  * their percent-encoded forms.
  */
 export function safeReturnPath (input: unknown): string {
-  if (typeof input !== 'string' || input.length > 2048) return '/'
-  if (!input.startsWith('/') || input.startsWith('//')) return '/'
-  // eslint-disable-next-line no-control-regex
-  if (/[\\\u0000-\u001f\u007f]/.test(input) || /%(2f|5c|0[0-9a-f]|1[0-9a-f]|7f)/i.test(input)) return '/'
+  if (!plausibleTarget(input) || !input.startsWith('/') || input.startsWith('//')) return '/'
+  if (/%(2f|5c|0[0-9a-f]|1[0-9a-f]|7f)/i.test(input)) return '/'
   // A string starting with a single `/` always parses against a base URL.
   const url = new URL(input, PLACEHOLDER_ORIGIN)
   // Belt and braces: the checks above already rule out another origin, so no test reaches this.
@@ -25,9 +29,7 @@ export function safeReturnPath (input: unknown): string {
 
 /** `candidate` when it is an absolute or relative URL on `webappUrl`'s origin, else `fallback`. */
 export function sameOriginUrl (candidate: unknown, webappUrl: string, fallback: string): string {
-  if (typeof candidate !== 'string' || candidate === '' || candidate.length > 2048) return fallback
-  // eslint-disable-next-line no-control-regex
-  if (/[\\\u0000-\u001f\u007f]/.test(candidate)) return fallback
+  if (!plausibleTarget(candidate)) return fallback
   try {
     const base = new URL(webappUrl)
     const url = new URL(candidate, base)

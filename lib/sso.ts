@@ -12,7 +12,7 @@ import { SsoError } from './errors.js'
 import { mapClaims, type Claims, type Identity } from './identity.js'
 import { RemoteKeySet } from './keys.js'
 import { runLogin, type LoginResult } from './login.js'
-import { exchangeCode, fetchUserinfo } from './oidc-client.js'
+import { exchangeCode, fetchUserinfo, loggableOAuthError } from './oidc-client.js'
 import { pkceChallenge, timingSafeEqualText } from './crypto.js'
 import type { RevocationStore } from './revocations.js'
 import { Sealer } from './sealed.js'
@@ -82,6 +82,7 @@ export class KeycloakSso {
   readonly #revocations: RevocationStore
   readonly #issueToken: IssueToken | undefined
   readonly #log: FastifyBaseLogger
+  readonly #verifyOptions: VerifyOptions
 
   constructor (options: SsoServiceOptions) {
     const { config } = options
@@ -90,9 +91,17 @@ export class KeycloakSso {
     this.#log = options.log
     this.#revocations = options.revocations
     this.#issueToken = options.issueToken
-    this.redirectUri = `${options.webappUrl.replace(/\/+$/, '')}/callback_keycloak`
+    // `webappUrl` arrives as an origin (the plugin checked it), so there is no trailing slash to trim.
+    this.redirectUri = `${options.webappUrl}/callback_keycloak`
     this.endpoints = new ProviderEndpoints(config, options.log)
     this.keys = new RemoteKeySet({ url: async () => (await this.endpoints.get()).jwks, timeoutMs: config.httpTimeoutMs })
+    this.#verifyOptions = {
+      issuer: this.endpoints.issuer,
+      clientId: config.clientId,
+      algorithms: config.algorithms,
+      clockToleranceSec: config.clockToleranceSec,
+      getKey: this.keys.getKey
+    }
     // Both secrets go into the sealing key: the client secret is always there, and the token secret
     // makes the key change when an operator rotates it.
     const sealingSecret = `${config.clientSecret}\u0000${config.tokenSecret ?? ''}`
@@ -104,16 +113,6 @@ export class KeycloakSso {
       revocations: options.revocations,
       cacheMax: options.sessionCacheMax
     })
-  }
-
-  #verifyOptions (): VerifyOptions {
-    return {
-      issuer: this.endpoints.issuer,
-      clientId: this.config.clientId,
-      algorithms: this.config.algorithms,
-      clockToleranceSec: this.config.clockToleranceSec,
-      getKey: this.keys.getKey
-    }
   }
 
   /** A new login transaction and the Keycloak authorization URL that starts it. */
@@ -140,12 +139,12 @@ export class KeycloakSso {
   async completeLogin (params: CallbackParams, readCookie: (name: string) => string | undefined): Promise<CompletedLogin> {
     const { state, code, iss, error } = params
     if (typeof state !== 'string' || state === '') {
-      if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${sanitizeOAuthError(error)}`)
+      if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${loggableOAuthError(error)}`)
       throw new SsoError('invalid_state', 'the callback has no state')
     }
     // 1. Transaction
     const transaction = await this.#transactions.consume(readCookie(transactionCookieName(state)), state)
-    if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${sanitizeOAuthError(error)}`)
+    if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${loggableOAuthError(error)}`)
     if (iss !== undefined && !timingSafeEqualText(iss, this.endpoints.issuer)) {
       // RFC 9207: a response naming another issuer is a mix-up attack, or a misconfiguration.
       throw new SsoError('invalid_state', 'the callback\'s iss parameter is not the configured issuer')
@@ -165,7 +164,7 @@ export class KeycloakSso {
     })
 
     // 3. Verification
-    const options = this.#verifyOptions()
+    const options = this.#verifyOptions
     const idClaims = await verifyIdToken(tokens.idToken, { ...options, nonce: transaction.nonce })
     let infoClaims: Claims
     if (this.config.getInfoFromAccessToken) {
@@ -218,7 +217,7 @@ export class KeycloakSso {
 
   /** A Keycloak access token issued to this client, verified; its claims. */
   async verifyAccessToken (token: string): Promise<JWTPayload> {
-    return await verifyAccessToken(token, this.#verifyOptions())
+    return await verifyAccessToken(token, this.#verifyOptions)
   }
 
   async verifySession (token: string | undefined): Promise<VerifiedSession | null> {
@@ -230,7 +229,7 @@ export class KeycloakSso {
    * every instance that shares the revocation store, until it would have expired anyway.
    */
   async backchannelLogout (logoutToken: string): Promise<void> {
-    const claims = await verifyLogoutToken(logoutToken, this.#verifyOptions())
+    const claims = await verifyLogoutToken(logoutToken, this.#verifyOptions)
     await this.#revocations.revoke(keycloakSessionKey(claims.sid), this.sessions.expiresAt())
     this.#log.info({ keycloak_sid: claims.sid }, 'Keycloak back-channel logout')
   }
@@ -258,11 +257,6 @@ export class KeycloakSso {
     url.searchParams.set('post_logout_redirect_uri', postLogoutRedirectUri)
     return { redirectUrl: url.href }
   }
-}
-
-/** Keycloak's `error` value for the log: only when it looks like an OAuth error code. */
-function sanitizeOAuthError (error: string): string {
-  return /^[a-z_]{1,64}$/.test(error) ? error : '(malformed)'
 }
 
 /** ID-token claims that describe the token, not the user, and must not shadow user claims. */

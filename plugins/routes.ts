@@ -143,15 +143,15 @@ export async function routes (fastify: FastifyInstance, options: RoutesOptions):
     reply.clearCookie(ID_TOKEN_COOKIE, cookies.clear())
     return result.redirectUrl
   }
+  const logoutEnvelope = async (request: FastifyRequest, reply: FastifyReply, input: Static<typeof LogoutInput>) => {
+    const redirectUrl = await logout(request, reply, input.redirect_url)
+    return envelope('login.logout', redirectUrl === undefined ? {} : { redirect_url: redirectUrl })
+  }
   const logoutResponse = { 200: Envelope(LogoutData) }
-  app.post('/login.logout', { ...meta('login.logout'), schema: { body: LogoutInput, response: logoutResponse } }, async (request, reply) => {
-    const redirectUrl = await logout(request, reply, request.body.redirect_url)
-    return envelope('login.logout', redirectUrl === undefined ? {} : { redirect_url: redirectUrl })
-  })
-  app.get('/login.logout', { ...meta('login.logout'), schema: { querystring: LogoutInput, response: logoutResponse } }, async (request, reply) => {
-    const redirectUrl = await logout(request, reply, request.query.redirect_url)
-    return envelope('login.logout', redirectUrl === undefined ? {} : { redirect_url: redirectUrl })
-  })
+  app.post('/login.logout', { ...meta('login.logout'), schema: { body: LogoutInput, response: logoutResponse } },
+    async (request, reply) => await logoutEnvelope(request, reply, request.body))
+  app.get('/login.logout', { ...meta('login.logout'), schema: { querystring: LogoutInput, response: logoutResponse } },
+    async (request, reply) => await logoutEnvelope(request, reply, request.query))
   app.get('/logout', { ...meta('logout', true), schema: { querystring: LogoutInput } }, async (request, reply) => {
     const redirectUrl = await logout(request, reply, request.query.redirect_url)
     return reply.redirect(redirectUrl ?? '/login', 302)
