@@ -221,6 +221,22 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
   return readConfig(env, overrides).config
 }
 
+/** An HS256 key shorter than its hash output can be brute-forced from any session token (RFC 7518 3.2). */
+export const MIN_TOKEN_SECRET_BYTES = 32
+
+/**
+ * Settings that load but weaken the deployment: a warning at register time, a failed `config` check
+ * in the doctor. The message names the setting and the fix, never the value.
+ */
+export function weakSettings (config: Pick<KeycloakConfig, 'tokenSecret'>): ConfigWarning[] {
+  const bytes = config.tokenSecret === undefined ? undefined : Buffer.byteLength(config.tokenSecret)
+  if (bytes === undefined || bytes >= MIN_TOKEN_SECRET_BYTES) return []
+  return [{
+    variable: settingName('tokenSecret'),
+    message: `is ${bytes} bytes; use at least ${MIN_TOKEN_SECRET_BYTES} random bytes (e.g. \`openssl rand -base64 48\`): a short HS256 secret can be guessed from any session token`
+  }]
+}
+
 /** The variable (or `config.` key) that sets a setting, for messages raised after loading. */
 export function settingName (key: string): string {
   const leaf = LEAVES.find((candidate) => candidate.key.join('.') === key)

@@ -1,45 +1,166 @@
 /**
- * Revoked sessions (SPEC section 7a). The check runs on every authenticated request, so the store's
- * `isRevoked` may answer synchronously from memory; a shared store (Redis) keeps a local copy fed
- * by pub/sub rather than asking the server per request.
+ * Revoked sessions and the other small pieces of state several apiserver replicas must share
+ * (SPEC sections 7a and 9). The check runs on every authenticated request, so `isRevoked` may answer
+ * synchronously from memory; a shared store (Redis) keeps a local copy fed by pub/sub rather than
+ * asking the server per request.
  */
-export interface RevocationStore {
-  revoke(sessionId: string, expiresAt: number): Promise<void>
-  isRevoked(sessionId: string): boolean | Promise<boolean>
+
+/** Where a store reports what an operator must know (a pino logger fits). */
+export interface StoreLog {
+  warn(object: Record<string, unknown>, message: string): void
 }
 
-/** In-memory, bounded, and forgets a revocation once the session it revokes has expired anyway. */
-export class MemoryRevocationStore implements RevocationStore {
-  readonly #revoked = new Map<string, number>()
+export interface RevocationStore {
+  /** Remembers that `sessionId` is revoked until `expiresAt` (seconds since the epoch). */
+  revoke(sessionId: string, expiresAt: number): Promise<void>
+  /**
+   * Whether `sessionId` is revoked. `issuedAt` (seconds) is the session's `iat`: a store that had to
+   * forget revocations refuses every session issued before it forgot (fail closed).
+   */
+  isRevoked(sessionId: string, issuedAt?: number): boolean | Promise<boolean>
+  /**
+   * True the first time `key` is claimed, false for every later claim until `expiresAt` (seconds).
+   * A login transaction is claimed through it, so a callback replayed on another replica is refused.
+   */
+  claimOnce?(key: string, expiresAt: number): Promise<boolean>
+  /** Keeps a short value server-side until `expiresAt` (an ID token too large for a cookie). */
+  setValue?(key: string, value: string, expiresAt: number): Promise<void>
+  /** The value kept under `key`, removed as it is read; `undefined` when absent or expired. */
+  takeValue?(key: string): Promise<string | undefined>
+}
+
+const nowSec = (): number => Date.now() / 1000
+
+/**
+ * Keys claimed once until they expire, in memory. Claims arrive with (nearly) the same lifetime, so
+ * insertion order is expiry order: expired claims are swept from the front, never by a full scan.
+ */
+export class OnceClaims {
+  readonly #claimed = new Map<string, number>()
   readonly #max: number
 
-  constructor (options: { max?: number } = {}) {
-    this.#max = options.max ?? 100_000
+  constructor (max = 100_000) {
+    this.#max = max
   }
 
+  get size (): number {
+    return this.#claimed.size
+  }
+
+  claim (key: string, expiresAt: number): boolean {
+    const now = nowSec()
+    const previous = this.#claimed.get(key)
+    if (previous !== undefined && previous > now) return false
+    this.#sweep(now)
+    // Still full of live claims: the oldest is forgotten. A claim is a second line of defence (the
+    // authorization code it guarded is single use at Keycloak), so forgetting one is not a breach.
+    if (this.#claimed.size >= this.#max) this.#claimed.delete(this.#claimed.keys().next().value!)
+    this.#claimed.delete(key)
+    this.#claimed.set(key, expiresAt)
+    return true
+  }
+
+  #sweep (now: number): void {
+    for (const [key, exp] of this.#claimed) {
+      if (exp > now) break
+      this.#claimed.delete(key)
+    }
+  }
+}
+
+/**
+ * In memory, for one apiserver process: bounded, and forgets a revocation once the session it
+ * revokes has expired anyway. When the bound forces it to forget live revocations it fails closed:
+ * every session issued until then is refused (its user logs in again), and it says so once.
+ */
+export class MemoryRevocationStore implements RevocationStore {
+  readonly #revoked = new Map<string, number>()
+  readonly #values = new Map<string, { value: string, expiresAt: number }>()
+  readonly #claims: OnceClaims
+  readonly #max: number
+  readonly #maxValues: number
+  #log: StoreLog | undefined
+  /** Sessions issued at or before this second are refused: revocations of theirs were forgotten. */
+  #refusedUntil = Number.NEGATIVE_INFINITY
+  #warned = false
+
+  constructor (options: { max?: number, maxClaims?: number, maxValues?: number, log?: StoreLog } = {}) {
+    this.#max = options.max ?? 100_000
+    this.#maxValues = options.maxValues ?? 10_000
+    this.#claims = new OnceClaims(options.maxClaims ?? 100_000)
+    this.#log = options.log
+  }
+
+  /** Live revocations held. */
   get size (): number {
     return this.#revoked.size
   }
 
+  /** The second until which every session is refused because revocations were forgotten; for tests. */
+  get refusedUntil (): number {
+    return this.#refusedUntil
+  }
+
+  /** Where the one warning about forgotten revocations goes, when the store was built without a log. */
+  useLog (log: StoreLog): void {
+    this.#log ??= log
+  }
+
   async revoke (sessionId: string, expiresAt: number): Promise<void> {
-    const now = Date.now() / 1000
+    const now = nowSec()
     if (expiresAt <= now) return
     if (this.#revoked.size >= this.#max) {
       for (const [id, exp] of this.#revoked) if (exp <= now) this.#revoked.delete(id)
-      // Full of live revocations: the oldest-inserted goes first. Sized generously, this means more
-      // logouts within one session lifetime than `max`; raise `max` or use a shared store then.
-      if (this.#revoked.size >= this.#max) this.#revoked.delete(this.#revoked.keys().next().value!)
     }
+    if (this.#revoked.size >= this.#max) this.#forgetAll(now)
     this.#revoked.set(sessionId, expiresAt)
   }
 
-  isRevoked (sessionId: string): boolean {
+  /**
+   * Every session revoked so far was issued before now, so refusing everything issued up to now
+   * covers all of them at once: the map can be emptied without letting a revoked session in.
+   */
+  #forgetAll (now: number): void {
+    this.#refusedUntil = Math.ceil(now)
+    const forgotten = this.#revoked.size
+    this.#revoked.clear()
+    if (this.#warned) return
+    this.#warned = true
+    const message = `fastify-clearml-keycloak: the in-memory revocation store held ${forgotten} live revocations (its bound); ` +
+      'every session issued until now must log in again. Share a RedisRevocationStore, or raise "max".'
+    if (this.#log !== undefined) this.#log.warn({ forgotten, refusedUntil: this.#refusedUntil }, message)
+    else process.emitWarning(message, { code: 'CLEARML_KC_REVOCATIONS_FORGOTTEN' })
+  }
+
+  isRevoked (sessionId: string, issuedAt?: number): boolean {
+    // Without an issue time the session may predate what was forgotten: refused.
+    if (this.#refusedUntil !== Number.NEGATIVE_INFINITY && (issuedAt === undefined || issuedAt <= this.#refusedUntil)) return true
     const exp = this.#revoked.get(sessionId)
     if (exp === undefined) return false
-    if (exp <= Date.now() / 1000) {
+    if (exp <= nowSec()) {
       this.#revoked.delete(sessionId)
       return false
     }
     return true
+  }
+
+  async claimOnce (key: string, expiresAt: number): Promise<boolean> {
+    return this.#claims.claim(key, expiresAt)
+  }
+
+  async setValue (key: string, value: string, expiresAt: number): Promise<void> {
+    const now = nowSec()
+    if (this.#values.size >= this.#maxValues) {
+      for (const [k, entry] of this.#values) if (entry.expiresAt <= now) this.#values.delete(k)
+    }
+    // Still full: the oldest value is dropped. Its reader handles an absent value (SPEC 5 step 10).
+    if (this.#values.size >= this.#maxValues) this.#values.delete(this.#values.keys().next().value!)
+    this.#values.set(key, { value, expiresAt })
+  }
+
+  async takeValue (key: string): Promise<string | undefined> {
+    const entry = this.#values.get(key)
+    this.#values.delete(key)
+    return entry === undefined || entry.expiresAt <= nowSec() ? undefined : entry.value
   }
 }

@@ -28,10 +28,17 @@ export interface SessionClaims {
   exp: number
 }
 
-/** What `authenticate` puts on `request.clearmlIdentity`: the session's identity, its id and expiry. */
+/** Which kind of credential a request presented (SPEC section 10). */
+export type CredentialKind = 'session' | 'keycloak'
+
+/**
+ * What `authenticate` puts on `request.clearmlIdentity`: the identity, the session id (a Keycloak
+ * token's `sid`) and expiry, and which kind of credential it came from.
+ */
 export interface ClearmlIdentity extends SessionIdentity {
   session_id: string
   exp: number
+  credential: CredentialKind
 }
 
 /** A verified session: the token's claims, and the identity built from them once. */
@@ -116,10 +123,10 @@ export class SessionTokens {
       this.#cache.delete(token)
       return null
     }
-    const revoked = this.#revocations.isRevoked(session.claims.session_id)
+    const revoked = this.#revocations.isRevoked(session.claims.session_id, session.claims.iat)
     if (revoked !== false) return revoked === true ? null : undefined
     if (session.keycloakSessionKey === undefined) return session
-    const ended = this.#revocations.isRevoked(session.keycloakSessionKey)
+    const ended = this.#revocations.isRevoked(session.keycloakSessionKey, session.claims.iat)
     if (ended === false) return session
     return ended === true ? null : undefined
   }
@@ -141,7 +148,7 @@ export class SessionTokens {
       }
       session = {
         claims,
-        identity: Object.freeze({ ...claims.identity, session_id: claims.session_id, exp: claims.exp }),
+        identity: Object.freeze({ ...claims.identity, session_id: claims.session_id, exp: claims.exp, credential: 'session' }),
         keycloakSessionKey: typeof claims.sso?.sid === 'string' ? keycloakSessionKey(claims.sso.sid) : undefined
       }
       if (this.#cache.size >= this.#cacheMax) this.#cache.delete(this.#cache.keys().next().value!)
@@ -149,8 +156,9 @@ export class SessionTokens {
       const again = this.cached(token)
       if (again !== undefined) return again
     }
-    if (await this.#revocations.isRevoked(session.claims.session_id)) return null
-    return session.keycloakSessionKey !== undefined && await this.#revocations.isRevoked(session.keycloakSessionKey) ? null : session
+    const { session_id: sessionId, iat } = session.claims
+    if (await this.#revocations.isRevoked(sessionId, iat)) return null
+    return session.keycloakSessionKey !== undefined && await this.#revocations.isRevoked(session.keycloakSessionKey, iat) ? null : session
   }
 }
 

@@ -14,7 +14,7 @@ import { RemoteKeySet } from './keys.js'
 import { runLogin, type LoginResult } from './login.js'
 import { exchangeCode, fetchUserinfo, loggableOAuthError } from './oidc-client.js'
 import { pkceChallenge, timingSafeEqualText } from './crypto.js'
-import type { RevocationStore } from './revocations.js'
+import { OnceClaims, type RevocationStore } from './revocations.js'
 import { Sealer } from './sealed.js'
 import { keycloakSessionKey, SessionTokens, type VerifiedSession } from './session.js'
 import { TransactionCodec, transactionCookieName, type LoginTransaction } from './transaction.js'
@@ -105,7 +105,10 @@ export class KeycloakSso {
     // Both secrets go into the sealing key: the client secret is always there, and the token secret
     // makes the key change when an operator rotates it.
     const sealingSecret = `${config.clientSecret}\u0000${config.tokenSecret ?? ''}`
-    this.#transactions = new TransactionCodec(sealingSecret)
+    const localClaims = new OnceClaims()
+    const claimOnce = options.revocations.claimOnce?.bind(options.revocations) ??
+      (async (key: string, expiresAt: number) => localClaims.claim(key, expiresAt))
+    this.#transactions = new TransactionCodec(sealingSecret, claimOnce)
     this.#idTokens = new Sealer(sealingSecret, ID_TOKEN_PURPOSE)
     this.sessions = new SessionTokens({
       secret: config.tokenSecret,

@@ -2,8 +2,9 @@
  * The login transaction: what the callback must match (state, nonce, PKCE verifier, redirect_uri)
  * and where the browser goes afterwards, kept in an encrypted and authenticated cookie for ten
  * minutes. Each transaction has its own cookie, named after its state, so two logins started in two
- * tabs do not overwrite each other. A transaction is single use: its id is remembered until it
- * expires, so a replayed cookie is refused even if the browser did not drop it.
+ * tabs do not overwrite each other. A transaction is single use: its state is claimed once, through
+ * the shared store when there is one, so a replayed cookie is refused on every replica before any
+ * call to Keycloak.
  */
 import { createHash } from 'node:crypto'
 import { SsoError } from './errors.js'
@@ -29,14 +30,16 @@ export function transactionCookieName (state: string): string {
   return TRANSACTION_COOKIE_PREFIX + createHash('sha256').update(state).digest('base64url').slice(0, 16)
 }
 
+/** True the first time a key is claimed until `expiresAt` (seconds); `RevocationStore.claimOnce`. */
+export type ClaimOnce = (key: string, expiresAt: number) => Promise<boolean>
+
 export class TransactionCodec {
   readonly #sealer: Sealer
-  readonly #used = new Map<string, number>()
-  readonly #maxRemembered: number
+  readonly #claimOnce: ClaimOnce
 
-  constructor (secret: string, maxRemembered = 100_000) {
+  constructor (secret: string, claimOnce: ClaimOnce) {
     this.#sealer = new Sealer(secret, 'login-transaction')
-    this.#maxRemembered = maxRemembered
+    this.#claimOnce = claimOnce
   }
 
   create (fields: Pick<LoginTransaction, 'redirectUri' | 'returnTo' | 'appState'>): LoginTransaction {
@@ -63,21 +66,13 @@ export class TransactionCodec {
     if (typeof transaction?.state !== 'string' || !timingSafeEqualText(transaction.state, state)) {
       throw new SsoError('invalid_state', 'state does not match the login transaction')
     }
-    this.#forgetExpired()
-    if (this.#used.has(transaction.id)) throw new SsoError('invalid_state', 'the login transaction was already used')
-    this.#used.set(transaction.id, exp)
-    return transaction
-  }
-
-  #forgetExpired (): void {
-    if (this.#used.size < this.#maxRemembered) return
-    const now = Math.floor(Date.now() / 1000)
-    for (const [id, exp] of this.#used) if (exp < now) this.#used.delete(id)
-    // Still full of live entries: drop the oldest. The authorization code they carried is single use
-    // at Keycloak anyway; this memory only adds a second line of defence.
-    for (const id of this.#used.keys()) {
-      if (this.#used.size < this.#maxRemembered) break
-      this.#used.delete(id)
+    let first: boolean
+    try {
+      first = await this.#claimOnce(transaction.state, exp)
+    } catch (err) {
+      throw new SsoError('directory_error', 'the shared store could not claim the login transaction', { cause: err })
     }
+    if (!first) throw new SsoError('invalid_state', 'the login transaction was already used')
+    return transaction
   }
 }

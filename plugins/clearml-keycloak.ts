@@ -6,7 +6,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyCookie from '@fastify/cookie'
 import type { JWTPayload } from 'jose'
-import { readConfig, settingName, type KeycloakConfig, type KeycloakConfigOverrides } from '../lib/config.js'
+import { readConfig, settingName, weakSettings, type KeycloakConfig, type KeycloakConfigOverrides } from '../lib/config.js'
 import type { UserDirectory } from '../lib/directory.js'
 import { DIRECTORY_METHODS } from '../lib/directory.js'
 import { errorEnvelope } from '../lib/envelope.js'
@@ -91,11 +91,12 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
   if (config.tokenSecret === undefined && options.issueToken === undefined) {
     throw new ConfigError([{ variable: settingName('tokenSecret'), message: 'is required to sign session tokens (or pass the issueToken option)' }])
   }
-  for (const warning of warnings) fastify.log.warn(`fastify-clearml-keycloak: ${warning.variable} ${warning.message}`)
+  for (const warning of [...warnings, ...weakSettings(config)]) fastify.log.warn(`fastify-clearml-keycloak: ${warning.variable} ${warning.message}`)
 
   if (!fastify.hasDecorator('parseCookie')) await fastify.register(fastifyCookie)
 
   const revocations = options.revocations ?? new MemoryRevocationStore()
+  if (revocations instanceof MemoryRevocationStore) revocations.useLog(fastify.log)
   const sso = new KeycloakSso({
     config,
     directory: options.directory,

@@ -11,6 +11,7 @@ import { join } from 'node:path'
 import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import { MemoryRevocationStore } from '../index.js'
+import { OnceClaims } from '../lib/revocations.js'
 import { readClearmlEnv } from '../lib/clearml-env.js'
 import { callJson } from '../lib/http.js'
 import { MemoryDirectory } from '../lib/memory-directory.js'
@@ -64,30 +65,89 @@ t.test('post-logout redirect: the web app\'s origin only', async (t) => {
   for (const [input, expected] of rows) t.equal(sameOriginUrl(input, webapp, fallback), expected, JSON.stringify(input))
 })
 
-t.test('revocation store: revoked until the session would expire, bounded', async (t) => {
-  const store = new MemoryRevocationStore({ max: 3 })
-  const later = Math.floor(Date.now() / 1000) + 60
+t.test('revocation store: revoked until the session would expire; a full store fails closed and says so once', async (t) => {
+  const warnings: Array<{ object: Record<string, unknown>, message: string }> = []
+  const log = { warn: (object: Record<string, unknown>, message: string) => { warnings.push({ object, message }) } }
+  const store = new MemoryRevocationStore({ max: 3, log })
+  const now = Math.floor(Date.now() / 1000)
+  const later = now + 60
   await store.revoke('a', later)
-  t.equal(store.isRevoked('a'), true)
-  t.equal(store.isRevoked('b'), false)
-  await store.revoke('expired-already', Math.floor(Date.now() / 1000) - 1)
+  t.equal(store.isRevoked('a', now), true)
+  t.equal(store.isRevoked('b', now), false)
+  await store.revoke('expired-already', now - 1)
   t.equal(store.size, 1, 'a revocation of an expired session is not kept')
   await store.revoke('b', later)
   await store.revoke('c', later)
+  t.equal(store.refusedUntil, Number.NEGATIVE_INFINITY, 'nothing forgotten while there is room')
   await store.revoke('d', later)
-  t.equal(store.size, 3, 'never more than max')
-  t.equal(store.isRevoked('d'), true, 'the newest is kept')
-  t.equal(store.isRevoked('a'), false, 'the oldest made room')
+  t.equal(store.size, 1, 'full of live revocations: they are forgotten, only the newest is held')
+  t.ok(store.refusedUntil >= now, 'and every session issued until now is refused instead')
+  for (const id of ['a', 'b', 'c', 'd']) t.equal(store.isRevoked(id, now), true, `revoked session ${id} stays refused`)
+  t.equal(store.isRevoked('never-revoked', now - 100), true, 'an older session that was never revoked must log in again')
+  t.equal(store.isRevoked('never-revoked'), true, 'so must a session whose issue time is not known')
+  t.equal(store.isRevoked('fresh', store.refusedUntil + 1), false, 'a session issued afterwards is accepted')
+  await store.revoke('e', later)
+  await store.revoke('f', later)
+  await store.revoke('g', later)
+  t.equal(warnings.length, 1, 'said once in the log, however often it happens')
+  t.match(warnings[0].message, /every session issued until now must log in again/)
+  t.match(warnings[0].object, { forgotten: 3 })
+
   const soon = new MemoryRevocationStore({ max: 2 })
   await soon.revoke('x', Date.now() / 1000 + 0.05)
   await soon.revoke('y', later)
   await new Promise((resolve) => setTimeout(resolve, 80))
-  t.equal(soon.isRevoked('x'), false, 'forgotten once the session has expired')
+  t.equal(soon.isRevoked('x', now), false, 'forgotten once the session has expired')
   await soon.revoke('x2', Date.now() / 1000 + 0.05)
   await new Promise((resolve) => setTimeout(resolve, 80))
   await soon.revoke('z', later)
-  t.equal(soon.isRevoked('y') && soon.isRevoked('z'), true, 'expired entries are dropped first when full')
+  t.equal(soon.isRevoked('y', now) && soon.isRevoked('z', now), true, 'expired entries are dropped first when full')
+  t.equal(soon.refusedUntil, Number.NEGATIVE_INFINITY, 'so nothing live was forgotten')
   t.equal(new MemoryRevocationStore().size, 0)
+})
+
+t.test('revocation store without a log warns through process warnings', async (t) => {
+  const emitted: string[] = []
+  const listener = (warning: Error) => { emitted.push(warning.message) }
+  process.on('warning', listener)
+  t.teardown(() => { process.off('warning', listener) })
+  const store = new MemoryRevocationStore({ max: 1 })
+  const later = Math.floor(Date.now() / 1000) + 60
+  await store.revoke('a', later)
+  await store.revoke('b', later)
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(emitted.length, 1)
+  t.match(emitted[0], /must log in again/)
+  store.useLog({ warn: () => { t.fail('already warned') } })
+})
+
+t.test('revocation store: claims once, values taken once, both bounded', async (t) => {
+  const store = new MemoryRevocationStore({ maxClaims: 2, maxValues: 2 })
+  const later = Date.now() / 1000 + 60
+  t.equal(await store.claimOnce('s1', later), true)
+  t.equal(await store.claimOnce('s1', later), false, 'a second claim of the same key is refused')
+  t.equal(await store.claimOnce('s2', later), true)
+  t.equal(await store.claimOnce('s3', later), true, 'full: the oldest claim makes room')
+  t.equal(await store.claimOnce('s3', later), false)
+  t.equal(await store.claimOnce('short', Date.now() / 1000 + 0.05), true)
+  await new Promise((resolve) => setTimeout(resolve, 80))
+  t.equal(await store.claimOnce('short', later), true, 'an expired claim can be claimed again')
+
+  await store.setValue('v1', 'one', later)
+  t.equal(await store.takeValue('v1'), 'one')
+  t.equal(await store.takeValue('v1'), undefined, 'taken once')
+  await store.setValue('v2', 'two', Date.now() / 1000 + 0.05)
+  await store.setValue('v3', 'three', later)
+  await new Promise((resolve) => setTimeout(resolve, 80))
+  t.equal(await store.takeValue('v2'), undefined, 'expired')
+  await store.setValue('v2', 'two', Date.now() / 1000 + 0.05)
+  await new Promise((resolve) => setTimeout(resolve, 80))
+  await store.setValue('v4', 'four', later)
+  t.equal(await store.takeValue('v3'), 'three', 'expired values make room first')
+  await store.setValue('v5', 'five', later)
+  await store.setValue('v6', 'six', later)
+  t.equal(await store.takeValue('v4'), undefined, 'then the oldest')
+  t.equal(await store.takeValue('v6'), 'six')
 })
 
 t.test('session cache: verified once, expiry honoured, bounded, revocation checked on every hit', async (t) => {
@@ -143,8 +203,9 @@ t.test('session cache: verified once, expiry honoured, bounded, revocation check
   t.equal(await foreign.verify(notOurs), null, 'a JWT with our secret but not a ClearML session shape')
 })
 
-t.test('login transaction: sealed, single use, expires, bounded memory', async (t) => {
-  const codec = new TransactionCodec('secret', 2)
+t.test('login transaction: sealed, claimed once, expires', async (t) => {
+  const claims = new OnceClaims()
+  const codec = new TransactionCodec('secret', async (key, exp) => claims.claim(key, exp))
   const make = () => codec.create({ redirectUri: 'https://x/callback_keycloak', returnTo: '/p' })
   const tx = make()
   const sealed = await codec.seal(tx)
@@ -155,22 +216,21 @@ t.test('login transaction: sealed, single use, expires, bounded memory', async (
   await t.rejects(codec.consume(await codec.seal(other), tx.state), { code: 'invalid_state', message: /state does not match/ })
   await t.rejects(codec.consume(undefined, tx.state), { code: 'invalid_state', message: /no login transaction cookie/ })
   await t.rejects(codec.consume('', tx.state), { code: 'invalid_state' })
-  await t.rejects(codec.consume(await new TransactionCodec('other-secret').seal(make()), tx.state), { message: /not valid/ }, 'sealed with another secret')
+  const foreign = new TransactionCodec('other-secret', async () => true)
+  await t.rejects(codec.consume(await foreign.seal(make()), tx.state), { message: /not valid/ }, 'sealed with another secret')
   const expired = await new Sealer('secret', 'login-transaction').seal({ tx: make() }, -30)
   await t.rejects(codec.consume(expired, 'x'), { code: 'invalid_state', message: /expired/ })
-  for (let i = 0; i < 5; i++) {
-    const next = make()
-    await codec.consume(await codec.seal(next), next.state)
-  }
-  t.pass('memory of used transactions stays bounded (max 2) while logins go on')
 
-  const small = new TransactionCodec('secret', 1)
-  const sealer = new Sealer('secret', 'login-transaction')
-  const brief = small.create({ redirectUri: 'https://x/cb', returnTo: '/' })
-  await small.consume(await sealer.seal({ tx: brief }, 1), brief.state)
-  await new Promise((resolve) => setTimeout(resolve, 2100))
-  const next = small.create({ redirectUri: 'https://x/cb', returnTo: '/' })
-  t.same(await small.consume(await small.seal(next), next.state), next, 'an expired entry makes room first')
+  const seen: Array<[string, number]> = []
+  const recording = new TransactionCodec('secret', async (key, exp) => { seen.push([key, exp]); return true })
+  const next = make()
+  await recording.consume(await recording.seal(next), next.state)
+  t.equal(seen[0][0], next.state, 'the claim is made with the login\'s state')
+  t.ok(Math.abs(seen[0][1] - (Date.now() / 1000 + 600)) < 5, 'until the transaction expires')
+
+  const broken = new TransactionCodec('secret', async () => { throw new Error('store down') })
+  const last = make()
+  await t.rejects(broken.consume(await broken.seal(last), last.state), { code: 'directory_error' }, 'a failing store refuses the login, it does not let it through')
 })
 
 t.test('environment reading skips undefined values and bare prefixes', async (t) => {

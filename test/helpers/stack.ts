@@ -10,7 +10,7 @@ import { UserAgent } from './user-agent.js'
 
 export const CLIENT_ID = 'clearml'
 export const CLIENT_SECRET = 'kc-client-secret-for-tests'
-export const TOKEN_SECRET = 'clearml-token-secret-for-tests'
+export const TOKEN_SECRET = 'clearml-token-secret-for-tests-32-bytes-long'
 
 export const KC = 'CLEARML__services__login__sso__oauth_client__keycloak__'
 export const KC_SECURE = 'CLEARML__secure__login__sso__oauth_client__keycloak__'
