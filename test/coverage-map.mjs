@@ -2,7 +2,9 @@
 import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 
-const dirs = ['lib', 'plugins', 'schemas']
+import { existsSync } from 'node:fs'
+
+const dirs = ['lib', 'plugins', 'schemas', 'redis', 'postgres', 'doctor', 'bin'].filter((dir) => existsSync(dir))
 const files = ['index.ts', ...dirs.flatMap((dir) => readdirSync(dir).filter((f) => f.endsWith('.ts')).map((f) => join(dir, f)))]
 
 export default () => files
