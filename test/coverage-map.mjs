@@ -1,8 +1,6 @@
 // Coverage is measured on the package's own code only: not on the example provider or test helpers.
-import { readdirSync } from 'node:fs'
+import { existsSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
-
-import { existsSync } from 'node:fs'
 
 const dirs = ['lib', 'plugins', 'schemas', 'redis', 'postgres', 'doctor', 'bin'].filter((dir) => existsSync(dir))
 const files = ['index.ts', ...dirs.flatMap((dir) => readdirSync(dir).filter((f) => f.endsWith('.ts')).map((f) => join(dir, f)))]
