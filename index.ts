@@ -15,7 +15,7 @@ export type { Identity, Claims } from './lib/identity.js'
 export type { LoginResult } from './lib/login.js'
 export { MemoryRevocationStore, type RevocationStore } from './lib/revocations.js'
 export type { IssueToken, IssueTokenContext } from './lib/sso.js'
-export { decideSignup, resolveRole, planGroupSync, chooseSignupTarget, groupNameCandidates } from './lib/policy.js'
+export { decideSignup, resolveRole, planGroupSync, chooseSignupTarget, groupNameCandidates, whitelistQuery, adminGroupsOf } from './lib/policy.js'
 export { mapClaims } from './lib/identity.js'
 export { testDirectory } from './lib/test-directory.js'
 /** Log paths to redact in the host's pino logger: the session cookie and bearer tokens. */

@@ -12,6 +12,7 @@ export const SSO_ERROR_STATUS = {
   missing_claim: 401,
   userinfo_mismatch: 401,
   not_whitelisted: 403,
+  email_not_verified: 403,
   unknown_company: 403,
   no_matching_group: 403,
   bad_request: 400,

@@ -8,7 +8,7 @@ import type { KeycloakConfig } from './config.js'
 import { DIRECTORY_METHODS, type Company, type DirectoryUser, type Role, type UserDirectory, type UserPatch } from './directory.js'
 import { SsoError } from './errors.js'
 import type { Identity } from './identity.js'
-import { chooseSignupTarget, decideSignup, groupNameCandidates, planGroupSync, resolveRole } from './policy.js'
+import { chooseSignupTarget, decideSignup, groupNameCandidates, planGroupSync, resolveRole, whitelistQuery } from './policy.js'
 
 export const PROVIDER = 'keycloak'
 
@@ -21,7 +21,7 @@ export interface LoginResult {
   groups: { added: string[], removed: string[] }
 }
 
-type LoginConfig = Pick<KeycloakConfig, 'defaultCompany' | 'adminRole' | 'groups'>
+type LoginConfig = Pick<KeycloakConfig, 'defaultCompany' | 'adminRole' | 'groups' | 'trustUnverifiedEmail'>
 
 /**
  * Calls to the host's directory, each turned into `directory_error` when it fails, so that a broken
@@ -64,10 +64,9 @@ export async function runLogin (config: LoginConfig, rawDirectory: UserDirectory
   }
 
   if (user === null) {
-    const whitelistEntry = config.defaultCompany === undefined && identity.email !== undefined
-      ? await directory.findWhitelistEntry(identity.email)
-      : null
-    const target = chooseSignupTarget(config, whitelistEntry)
+    const query = whitelistQuery(config, identity)
+    const whitelistEntry = 'email' in query ? await directory.findWhitelistEntry(query.email) : null
+    const target = 'refused' in query ? query : chooseSignupTarget(config, whitelistEntry)
     const company = 'refused' in target ? null : await directory.getCompany(target.company)
     const claimed = company !== null && candidates.length > 0 ? await directory.findGroupsByName(company.id, candidates, groupOptions) : []
     const decision = decideSignup(config, target, company, claimed)

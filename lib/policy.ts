@@ -28,8 +28,22 @@ export function groupNameCandidates (keycloakGroups: readonly string[]): string[
   return [...names]
 }
 
-function nameSet (names: readonly string[], caseSensitive: boolean): Set<string> {
-  return new Set(caseSensitive ? names : names.map((name) => name.toLowerCase()))
+/**
+ * Whom the whitelist is asked about, for a new user (SPEC 5 step 6): nobody when `default_company`
+ * admits everyone; the email only when Keycloak verified it, because an address a user typed in
+ * (self-registration, an editable profile, a brokered provider) would otherwise let anyone claim a
+ * whitelisted colleague's company and role.
+ */
+export type WhitelistQuery = { email: string } | { skip: 'default_company' } | { refused: 'not_whitelisted' | 'email_not_verified' }
+
+export function whitelistQuery (
+  config: Pick<KeycloakConfig, 'defaultCompany' | 'trustUnverifiedEmail'>,
+  identity: Pick<Identity, 'email' | 'emailVerified'>
+): WhitelistQuery {
+  if (config.defaultCompany !== undefined) return { skip: 'default_company' }
+  if (identity.email === undefined) return { refused: 'not_whitelisted' }
+  if (!identity.emailVerified && !config.trustUnverifiedEmail) return { refused: 'email_not_verified' }
+  return { email: identity.email }
 }
 
 /** Which company a new user would join, and with what role, before the company is looked up. */
@@ -74,16 +88,29 @@ export function keycloakManagesRole (config: Pick<KeycloakConfig, 'adminRole'> &
     (config.groups.enabled && config.groups.admins.length > 0)
 }
 
+/**
+ * A group as `groups.admins` names it: the path without its leading `/`, so `/kc-admins` (full group
+ * path on) and `kc-admins` (off) are the same group, while `/contractors/kc-admins` stays a different
+ * one. Admin rights follow the exact group: matching by last segment, as group sync does, would make a
+ * member of any subgroup that happens to be called `kc-admins` an administrator.
+ */
+function adminGroupKey (group: string, caseSensitive: boolean): string {
+  const path = group.replace(/^\/+/, '')
+  return caseSensitive ? path : path.toLowerCase()
+}
+
+/** The admin groups (of `groups.admins`) the user is in, matched exactly (SPEC 5 step 7). */
+export function adminGroupsOf (config: { groups: GroupsConfig }, identity: Pick<Identity, 'groups'>): string[] {
+  if (!config.groups.enabled || config.groups.admins.length === 0) return []
+  const { caseSensitive } = config.groups
+  const mine = new Set(identity.groups.map((group) => adminGroupKey(group, caseSensitive)))
+  return config.groups.admins.filter((entry) => mine.has(adminGroupKey(entry, caseSensitive)))
+}
+
 export function resolveRole (config: Pick<KeycloakConfig, 'adminRole'> & { groups: GroupsConfig }, identity: Identity, current: Role): Role {
   if (!keycloakManagesRole(config, identity) || ABOVE_ADMIN.has(current)) return current
   const byRole = config.adminRole !== null && identity.roles.includes(config.adminRole)
-  let byGroup = false
-  if (config.groups.enabled && config.groups.admins.length > 0) {
-    const admins = nameSet(config.groups.admins, config.groups.caseSensitive)
-    const mine = nameSet([...identity.groups, ...groupNameCandidates(identity.groups)], config.groups.caseSensitive)
-    byGroup = [...mine].some((name) => admins.has(name))
-  }
-  if (byRole || byGroup) return 'admin'
+  if (byRole || adminGroupsOf(config, identity).length > 0) return 'admin'
   return current === 'admin' ? 'user' : current
 }
 

@@ -11,20 +11,22 @@ function plausibleTarget (input: unknown): input is string {
   return typeof input === 'string' && input !== '' && input.length <= 2048 && !/[\\\u0000-\u001f\u007f]/.test(input)
 }
 
+/** Longest return path kept: it travels in the login-transaction cookie, whose size is bounded. */
+export const MAX_RETURN_PATH = 1024
+
 /**
  * A same-origin relative path (`/projects?x=1#y`), or `/`. Refuses protocol-relative `//host`,
  * backslash tricks (`/\host`, which browsers read as `//host`), schemes, control characters, and
- * their percent-encoded forms.
+ * their percent-encoded forms. The answer is checked after the URL parser has resolved dot segments,
+ * because `/..//evil.com` and `/%2e//evil.com` only become `//evil.com` then.
  */
 export function safeReturnPath (input: unknown): string {
-  if (!plausibleTarget(input) || !input.startsWith('/') || input.startsWith('//')) return '/'
+  if (!plausibleTarget(input) || input.length > MAX_RETURN_PATH || !input.startsWith('/') || input.startsWith('//')) return '/'
   if (/%(2f|5c|0[0-9a-f]|1[0-9a-f]|7f)/i.test(input)) return '/'
-  // A string starting with a single `/` always parses against a base URL.
+  // A string starting with a single `/` always parses against a base URL, on the base's origin.
   const url = new URL(input, PLACEHOLDER_ORIGIN)
-  // Belt and braces: the checks above already rule out another origin, so no test reaches this.
-  /* c8 ignore next */
-  if (url.origin !== PLACEHOLDER_ORIGIN) return '/'
-  return url.pathname + url.search + url.hash
+  const path = url.pathname + url.search + url.hash
+  return path.startsWith('//') ? '/' : path
 }
 
 /** `candidate` when it is an absolute or relative URL on `webappUrl`'s origin, else `fallback`. */

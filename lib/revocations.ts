@@ -33,10 +33,15 @@ const nowSec = (): number => Date.now() / 1000
 
 /**
  * Keys claimed once until they expire, in memory. Claims arrive with (nearly) the same lifetime, so
- * insertion order is expiry order: expired claims are swept from the front, never by a full scan.
+ * insertion order is expiry order: expired claims are swept from the front of a queue, never by a
+ * scan of the whole map, and a full memory forgets its oldest claim in constant time. (Deleting
+ * from the front of a `Map` and asking it for its first key again costs a walk over the holes left
+ * behind, so the order lives in an array of its own.)
  */
 export class OnceClaims {
   readonly #claimed = new Map<string, number>()
+  #order: Array<{ key: string, expiresAt: number }> = []
+  #head = 0
   readonly #max: number
 
   constructor (max = 100_000) {
@@ -51,20 +56,22 @@ export class OnceClaims {
     const now = nowSec()
     const previous = this.#claimed.get(key)
     if (previous !== undefined && previous > now) return false
-    this.#sweep(now)
-    // Still full of live claims: the oldest is forgotten. A claim is a second line of defence (the
-    // authorization code it guarded is single use at Keycloak), so forgetting one is not a breach.
-    if (this.#claimed.size >= this.#max) this.#claimed.delete(this.#claimed.keys().next().value!)
-    this.#claimed.delete(key)
-    this.#claimed.set(key, expiresAt)
-    return true
-  }
-
-  #sweep (now: number): void {
-    for (const [key, exp] of this.#claimed) {
-      if (exp > now) break
-      this.#claimed.delete(key)
+    while (this.#head < this.#order.length) {
+      const oldest = this.#order[this.#head]
+      // Still full of live claims: the oldest is forgotten. A claim is a second line of defence (the
+      // authorization code it guarded is single use at Keycloak), so forgetting one is not a breach.
+      if (oldest.expiresAt > now && this.#claimed.size < this.#max) break
+      this.#head++
+      // The key may have been claimed again since; only its own entry goes.
+      if (this.#claimed.get(oldest.key) === oldest.expiresAt) this.#claimed.delete(oldest.key)
     }
+    if (this.#head > 1024 && this.#head * 2 > this.#order.length) {
+      this.#order = this.#order.slice(this.#head)
+      this.#head = 0
+    }
+    this.#claimed.set(key, expiresAt)
+    this.#order.push({ key, expiresAt })
+    return true
   }
 }
 

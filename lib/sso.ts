@@ -12,12 +12,13 @@ import { SsoError } from './errors.js'
 import { mapClaims, type Claims, type Identity } from './identity.js'
 import { RemoteKeySet } from './keys.js'
 import { runLogin, type LoginResult } from './login.js'
+import { ID_TOKEN_COOKIE } from './cookies.js'
 import { exchangeCode, fetchUserinfo, loggableOAuthError } from './oidc-client.js'
-import { pkceChallenge, timingSafeEqualText } from './crypto.js'
-import { OnceClaims, type RevocationStore } from './revocations.js'
+import { pkceChallenge, randomToken, timingSafeEqualText } from './crypto.js'
+import { MemoryRevocationStore, OnceClaims, type RevocationStore } from './revocations.js'
 import { Sealer } from './sealed.js'
 import { keycloakSessionKey, SessionTokens, type VerifiedSession } from './session.js'
-import { TransactionCodec, transactionCookieName, type LoginTransaction } from './transaction.js'
+import { slotForNewLogin, TransactionCodec, type LoginTransaction } from './transaction.js'
 import { verifyAccessToken, verifyIdToken, verifyLogoutToken, type VerifyOptions } from './tokens.js'
 
 export interface IssueTokenContext {
@@ -54,8 +55,15 @@ export interface CompletedLogin {
   token: string
   sessionId: string
   expiresAt: number
-  /** Sealed ID token for RP-initiated logout, when `idp_logout` is on. */
-  sealedIdToken?: string
+  /** Value of the ID-token cookie for RP-initiated logout, when `idp_logout` is on. */
+  idTokenCookie?: string
+}
+
+type CookieJar = Record<string, string | undefined>
+type ValueStore = Required<Pick<RevocationStore, 'setValue' | 'takeValue'>>
+
+function hasValues (store: RevocationStore): store is RevocationStore & ValueStore {
+  return typeof store.setValue === 'function' && typeof store.takeValue === 'function'
 }
 
 export interface StartedLogin {
@@ -65,6 +73,14 @@ export interface StartedLogin {
 }
 
 const ID_TOKEN_PURPOSE = 'id-token-for-logout'
+/**
+ * Largest ID-token cookie (`name=value`) kept in the browser. A Keycloak ID token listing many group
+ * paths passes 4 KB once sealed, and a browser silently drops such a cookie, which would silently
+ * skip the Keycloak logout; larger ones are kept server-side and the cookie holds a reference.
+ */
+export const MAX_ID_TOKEN_COOKIE_BYTES = 3072
+const ID_TOKEN_REFERENCE = 'ref.'
+const idTokenKey = (reference: string): string => `id-token:${reference}`
 
 function looksLikeIdentity (value: Claims | Identity): value is Identity {
   return typeof value.subject === 'string' && Array.isArray(value.groups) && Array.isArray(value.roles) && typeof value.emailVerified === 'boolean'
@@ -80,6 +96,8 @@ export class KeycloakSso {
   readonly #transactions: TransactionCodec
   readonly #idTokens: Sealer
   readonly #revocations: RevocationStore
+  /** Where ID tokens too large for a cookie are kept: the shared store when it can, else this process. */
+  readonly #values: ValueStore
   readonly #issueToken: IssueToken | undefined
   readonly #log: FastifyBaseLogger
   readonly #verifyOptions: VerifyOptions
@@ -90,6 +108,7 @@ export class KeycloakSso {
     this.#directory = options.directory
     this.#log = options.log
     this.#revocations = options.revocations
+    this.#values = hasValues(options.revocations) ? options.revocations : new MemoryRevocationStore()
     this.#issueToken = options.issueToken
     // `webappUrl` arrives as an origin (the plugin checked it), so there is no trailing slash to trim.
     this.redirectUri = `${options.webappUrl}/callback_keycloak`
@@ -118,8 +137,8 @@ export class KeycloakSso {
     })
   }
 
-  /** A new login transaction and the Keycloak authorization URL that starts it. */
-  async startLogin (options: { returnTo: string, redirectUri?: string, appState?: string }): Promise<StartedLogin> {
+  /** A new login transaction, the cookie that keeps it, and the Keycloak authorization URL that starts it. */
+  async startLogin (options: { returnTo: string, redirectUri?: string, appState?: string }, cookies: CookieJar): Promise<StartedLogin> {
     const endpoints = await this.endpoints.get({ retry: true })
     const transaction = this.#transactions.create({
       redirectUri: options.redirectUri ?? this.redirectUri,
@@ -135,18 +154,19 @@ export class KeycloakSso {
     url.searchParams.set('nonce', transaction.nonce)
     url.searchParams.set('code_challenge', pkceChallenge(transaction.verifier))
     url.searchParams.set('code_challenge_method', 'S256')
-    return { url: url.href, cookieName: transactionCookieName(transaction.state), cookieValue: await this.#transactions.seal(transaction) }
+    const cookieName = slotForNewLogin(cookies)
+    return { url: url.href, cookieName, cookieValue: await this.#transactions.seal(transaction, cookieName) }
   }
 
-  /** Steps 1–10 for one callback. `readCookie` gives the transaction cookie by name. */
-  async completeLogin (params: CallbackParams, readCookie: (name: string) => string | undefined): Promise<CompletedLogin> {
+  /** Steps 1–10 for one callback; `cookies` are the browser's, where its transaction is. */
+  async completeLogin (params: CallbackParams, cookies: CookieJar): Promise<CompletedLogin> {
     const { state, code, iss, error } = params
     if (typeof state !== 'string' || state === '') {
       if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${loggableOAuthError(error)}`)
       throw new SsoError('invalid_state', 'the callback has no state')
     }
     // 1. Transaction
-    const transaction = await this.#transactions.consume(readCookie(transactionCookieName(state)), state)
+    const transaction = await this.#transactions.consume(cookies, state)
     if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${loggableOAuthError(error)}`)
     if (iss !== undefined && !timingSafeEqualText(iss, this.endpoints.issuer)) {
       // RFC 9207: a response naming another issuer is a mix-up attack, or a misconfiguration.
@@ -185,11 +205,47 @@ export class KeycloakSso {
     // 10. Session
     const sid = typeof idClaims.sid === 'string' ? idClaims.sid : undefined
     const session = await this.#issueSession(result, identity, sid)
-    const sealedIdToken = this.config.idpLogout
-      ? await this.#idTokens.seal({ idt: tokens.idToken }, this.config.sessionExpirationSec)
-      : undefined
+    const idTokenCookie = this.config.idpLogout ? await this.#keepIdToken(tokens.idToken, session.expiresAt) : undefined
     this.#log.info({ user: result.user.id, company: result.company.id, created: result.created, role: result.role, groups: result.groups }, 'Keycloak login')
-    return { transaction, result, ...session, sealedIdToken }
+    return { transaction, result, ...session, idTokenCookie }
+  }
+
+  /**
+   * The ID-token cookie's value: the sealed token when it fits a cookie, else a reference to it kept
+   * server-side. A store that fails here costs only the `id_token_hint` at logout (Keycloak then asks
+   * the user to confirm), never the login; the log says so.
+   */
+  async #keepIdToken (idToken: string, expiresAt: number): Promise<string | undefined> {
+    const sealed = await this.#idTokens.seal({ idt: idToken }, this.config.sessionExpirationSec)
+    if (Buffer.byteLength(ID_TOKEN_COOKIE) + 1 + sealed.length <= MAX_ID_TOKEN_COOKIE_BYTES) return sealed
+    const reference = randomToken(16)
+    try {
+      await this.#values.setValue(idTokenKey(reference), sealed, expiresAt)
+    } catch (err) {
+      this.#log.warn({ code: 'directory_error', reason: 'the revocation store could not keep the ID token; logout will ask the user to confirm at Keycloak', err: { message: (err as Error).message } }, 'Keycloak ID token not kept')
+      return undefined
+    }
+    return ID_TOKEN_REFERENCE + reference
+  }
+
+  /** The ID token behind an ID-token cookie, or `undefined` when it cannot be had any more. */
+  async #recallIdToken (cookie: string): Promise<string | undefined> {
+    let sealed: string | undefined = cookie
+    if (cookie.startsWith(ID_TOKEN_REFERENCE)) {
+      try {
+        sealed = await this.#values.takeValue(idTokenKey(cookie.slice(ID_TOKEN_REFERENCE.length)))
+      } catch {
+        sealed = undefined
+      }
+    }
+    if (sealed === undefined) return undefined
+    try {
+      // Only this plugin seals this cookie, with a string in it; a cookie that does not open is
+      // simply not ours (tampered, or from before a secret rotation).
+      return String((await this.#idTokens.open(sealed)).idt)
+    } catch {
+      return undefined
+    }
   }
 
   async #issueSession (result: LoginResult, identity: Identity, sid: string | undefined): Promise<{ token: string, sessionId: string, expiresAt: number }> {
@@ -238,24 +294,23 @@ export class KeycloakSso {
   }
 
   /**
-   * Revokes the session and, when `idp_logout` is on and the ID token of the login is at hand, gives
-   * Keycloak's end-session URL to send the browser to.
+   * Revokes the session and, when `idp_logout` is on and the browser had a Keycloak login here, gives
+   * Keycloak's end-session URL to send the browser to. With the ID token it carries `id_token_hint`
+   * and Keycloak ends the session at once; without it (lost, expired, unreadable) Keycloak still ends
+   * it after asking the user to confirm, so the Keycloak logout is never skipped silently.
    */
-  async logout (token: string | undefined, sealedIdToken: string | undefined, postLogoutRedirectUri: string): Promise<{ redirectUrl?: string }> {
+  async logout (token: string | undefined, idTokenCookie: string | undefined, postLogoutRedirectUri: string): Promise<{ redirectUrl?: string }> {
     const session = await this.verifySession(token)
     if (session !== null) await this.#revocations.revoke(session.claims.session_id, session.claims.exp)
-    if (!this.config.idpLogout || sealedIdToken === undefined || sealedIdToken === '') return {}
-    let idToken: string
-    try {
-      // Only this plugin seals this cookie, with a string in it; a cookie that does not open is
-      // simply not ours (tampered, or from before a secret rotation) and is ignored.
-      idToken = String((await this.#idTokens.open(sealedIdToken)).idt)
-    } catch {
-      return {}
+    const hadIdToken = idTokenCookie !== undefined && idTokenCookie !== ''
+    if (!this.config.idpLogout || (session === null && !hadIdToken)) return {}
+    const idToken = hadIdToken ? await this.#recallIdToken(idTokenCookie) : undefined
+    if (idToken === undefined) {
+      this.#log.warn({ code: 'idp_logout_without_id_token', reason: 'the ID token of this login is not at hand (cookie missing, expired, or its server-side copy gone); Keycloak will ask the user to confirm the logout' }, 'Keycloak logout without id_token_hint')
     }
     const endpoints = await this.endpoints.get()
     const url = new URL(endpoints.endSession!)
-    url.searchParams.set('id_token_hint', idToken)
+    if (idToken !== undefined) url.searchParams.set('id_token_hint', idToken)
     url.searchParams.set('client_id', this.config.clientId)
     url.searchParams.set('post_logout_redirect_uri', postLogoutRedirectUri)
     return { redirectUrl: url.href }

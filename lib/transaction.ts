@@ -1,10 +1,15 @@
 /**
  * The login transaction: what the callback must match (state, nonce, PKCE verifier, redirect_uri)
  * and where the browser goes afterwards, kept in an encrypted and authenticated cookie for ten
- * minutes. Each transaction has its own cookie, named after its state, so two logins started in two
- * tabs do not overwrite each other. A transaction is single use: its state is claimed once, through
- * the shared store when there is one, so a replayed cookie is refused on every replica before any
- * call to Keycloak.
+ * minutes. A transaction is single use: its state is claimed once, through the shared store when
+ * there is one, so a replayed cookie is refused on every replica before any call to Keycloak.
+ *
+ * Browser state stays small whatever the requests carry (SPEC 5, after step 10): a browser holds at
+ * most `TRANSACTION_SLOTS` transaction cookies, in slots of fixed names, a new login taking a free
+ * slot or the oldest one; and each cookie is refused at creation when it would exceed
+ * `MAX_TRANSACTION_COOKIE_BYTES`. So no sequence of login starts, not even concurrent ones, can grow
+ * the `Cookie` header towards the server's limit (HTTP 431), and no cookie passes the 4 KB a browser
+ * keeps. Two tabs still log in side by side, each in its own slot.
  */
 import { createHash } from 'node:crypto'
 import { SsoError } from './errors.js'
@@ -12,10 +17,17 @@ import { randomToken, timingSafeEqualText } from './crypto.js'
 import { Sealer } from './sealed.js'
 
 export const TRANSACTION_TTL_SEC = 600
-const TRANSACTION_COOKIE_PREFIX = 'clearml_kc_tx_'
+/** Logins a browser may have in progress at once; a fourth one replaces the oldest. */
+export const TRANSACTION_SLOTS = 3
+/**
+ * Upper bound of one transaction cookie's `name=value`. Three of them, the session cookie and the
+ * ID-token cookie stay below 10 KB, well inside Node's 16 KB limit for all request headers.
+ */
+export const MAX_TRANSACTION_COOKIE_BYTES = 2048
+
+const SLOT_NAMES = Array.from({ length: TRANSACTION_SLOTS }, (_, i) => `clearml_kc_tx_${i}`)
 
 export interface LoginTransaction {
-  id: string
   state: string
   nonce: string
   verifier: string
@@ -25,13 +37,46 @@ export interface LoginTransaction {
   appState?: string
 }
 
-/** The cookie that holds the transaction for `state`. */
-export function transactionCookieName (state: string): string {
-  return TRANSACTION_COOKIE_PREFIX + createHash('sha256').update(state).digest('base64url').slice(0, 16)
-}
-
 /** True the first time a key is claimed until `expiresAt` (seconds); `RevocationStore.claimOnce`. */
 export type ClaimOnce = (key: string, expiresAt: number) => Promise<boolean>
+
+type CookieJar = Record<string, string | undefined>
+
+/**
+ * A slot cookie's value is `<state tag>.<issued at>.<sealed transaction>`: the tag finds the slot of
+ * a callback's state without decrypting the others, the time picks the oldest slot to replace. Both
+ * are harmless in clear: the tag is a short hash of a random value, and only the sealed part is trusted.
+ */
+function stateTag (state: string): string {
+  return createHash('sha256').update(state).digest('base64url').slice(0, 10)
+}
+
+function parseSlot (value: string | undefined): { tag: string, issuedAt: number, sealed: string } | undefined {
+  const match = value?.match(/^([\w-]{10})\.(\d{1,12})\.(.+)$/)
+  return match === null || match === undefined ? undefined : { tag: match[1], issuedAt: Number(match[2]), sealed: match[3] }
+}
+
+/** The slot a new login takes: a free one, else the one holding the oldest login. */
+export function slotForNewLogin (cookies: CookieJar): string {
+  let oldest = SLOT_NAMES[0]
+  let oldestAt = Number.POSITIVE_INFINITY
+  for (const name of SLOT_NAMES) {
+    const slot = parseSlot(cookies[name])
+    if (slot === undefined) return name
+    if (slot.issuedAt < oldestAt) {
+      oldest = name
+      oldestAt = slot.issuedAt
+    }
+  }
+  return oldest
+}
+
+/** The slot holding the transaction of `state`, if this browser has one. */
+export function slotOfState (cookies: CookieJar, state: string | undefined): string | undefined {
+  if (typeof state !== 'string' || state === '') return undefined
+  const tag = stateTag(state)
+  return SLOT_NAMES.find((name) => parseSlot(cookies[name])?.tag === tag)
+}
 
 export class TransactionCodec {
   readonly #sealer: Sealer
@@ -43,26 +88,36 @@ export class TransactionCodec {
   }
 
   create (fields: Pick<LoginTransaction, 'redirectUri' | 'returnTo' | 'appState'>): LoginTransaction {
-    return { id: randomToken(16), state: randomToken(), nonce: randomToken(), verifier: randomToken(), ...fields }
+    return { state: randomToken(), nonce: randomToken(), verifier: randomToken(), ...fields }
   }
 
-  async seal (transaction: LoginTransaction): Promise<string> {
-    return await this.#sealer.seal({ tx: transaction }, TRANSACTION_TTL_SEC)
+  /** The cookie value for `slot`; refused (`bad_request`) when the request's inputs make it too large. */
+  async seal (transaction: LoginTransaction, slot: string): Promise<string> {
+    const issuedAt = Math.floor(Date.now() / 1000)
+    const value = `${stateTag(transaction.state)}.${issuedAt}.${await this.#sealer.seal({ tx: transaction }, TRANSACTION_TTL_SEC)}`
+    if (Buffer.byteLength(slot) + 1 + Buffer.byteLength(value) > MAX_TRANSACTION_COOKIE_BYTES) {
+      throw new SsoError('bad_request', `callback_url, state and redirect together are too long for the login cookie (${MAX_TRANSACTION_COOKIE_BYTES} bytes)`)
+    }
+    return value
   }
 
-  /** Opens the cookie, checks it belongs to `state`, and uses it up. */
-  async consume (sealed: string | undefined, state: string): Promise<LoginTransaction> {
-    if (sealed === undefined || sealed === '') throw new SsoError('invalid_state', 'no login transaction cookie for this state (expired, used, or never started here)')
+  /** Opens this callback's slot cookie, checks it belongs to `state`, and uses it up. */
+  async consume (cookies: CookieJar, state: string): Promise<LoginTransaction> {
+    const slot = slotOfState(cookies, state)
+    if (slot === undefined) {
+      throw new SsoError('invalid_state', 'no login transaction for this state in this browser (expired, used, replaced by newer logins, or never started here)')
+    }
     let transaction: LoginTransaction
     let exp: number
     try {
-      const payload = await this.#sealer.open(sealed)
+      const payload = await this.#sealer.open(parseSlot(cookies[slot])!.sealed)
       transaction = payload.tx as LoginTransaction
       exp = payload.exp!
     } catch (err) {
       const expired = (err as { code?: string }).code === 'ERR_JWT_EXPIRED'
       throw new SsoError('invalid_state', expired ? 'the login transaction expired' : 'the login transaction cookie is not valid', { cause: err })
     }
+    // The tag only found the slot; the sealed state decides.
     if (typeof transaction?.state !== 'string' || !timingSafeEqualText(transaction.state, state)) {
       throw new SsoError('invalid_state', 'state does not match the login transaction')
     }

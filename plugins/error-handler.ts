@@ -30,7 +30,7 @@ export async function ssoErrorHandler (error: FastifyError | SsoError, request: 
   if (sso.code === 'internal_error') {
     request.log.error({ err: sso.cause }, 'Keycloak SSO: unexpected error')
   } else {
-    request.log.warn({ sso_error: sso.code, reason: sso.message }, 'Keycloak SSO refused')
+    request.log.warn({ code: sso.code, reason: sso.message }, 'Keycloak SSO refused')
   }
   if (meta.browser === true) {
     await reply.redirect(`/login?sso_error=${sso.code}`, 302)

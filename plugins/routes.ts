@@ -11,7 +11,7 @@ import { envelope } from '../lib/envelope.js'
 import { SsoError } from '../lib/errors.js'
 import { safeReturnPath, sameOriginUrl } from '../lib/redirects.js'
 import type { CompletedLogin, KeycloakSso } from '../lib/sso.js'
-import { transactionCookieName } from '../lib/transaction.js'
+import { slotOfState } from '../lib/transaction.js'
 import {
   AuthorizeData, AuthorizeInput, BackchannelLogoutInput, BrowserLoginQuery, CallbackQuery, Envelope, LogoutData, LogoutInput,
   SsoCallbackData, SsoCallbackInput, SupportedModesData, SupportedModesInput
@@ -42,6 +42,23 @@ function redactedRequest (request: FastifyRequest): Record<string, unknown> {
   return { method: request.method, url, host: request.host, remoteAddress: request.ip }
 }
 
+/**
+ * Why a logout request is refused as one a page of another site made the browser send, if it is: a
+ * top-level navigation or form post carries `SameSite=Lax` cookies, so without this check any site
+ * could log a user out of ClearML (and, with `idp_logout`, of the whole realm). `Sec-Fetch-Site` says
+ * it in every current browser; without it, a foreign `Origin` (sent on posts) does. A request with
+ * neither (a script, curl, an old browser's plain GET) is not a cross-site navigation we can see.
+ */
+function crossSiteLogout (request: FastifyRequest, webappUrl: string): string | undefined {
+  const site = request.headers['sec-fetch-site']
+  const origin = request.headers.origin
+  const foreign = site !== undefined ? site === 'cross-site' : origin !== undefined && origin !== webappUrl
+  if (!foreign) return undefined
+  // An origin says where a request came from and nothing secret; bounded for the log.
+  const from = origin === undefined ? 'no Origin' : `Origin ${JSON.stringify(origin.slice(0, 200))}`
+  return `cross-site logout refused (Sec-Fetch-Site ${site ?? 'absent'}, ${from}): a page of another site cannot log the user out`
+}
+
 const meta = (endpoint: string, browser = false, refusalStatus?: number): { config: RouteMeta } => ({ config: { endpoint, browser, refusalStatus } })
 
 export async function routes (fastify: FastifyInstance, options: RoutesOptions): Promise<void> {
@@ -59,21 +76,20 @@ export async function routes (fastify: FastifyInstance, options: RoutesOptions):
 
   // Only this callback's transaction: another tab may be in the middle of its own login.
   const clearTransactionCookie = (request: FastifyRequest, reply: FastifyReply, state: string | undefined): void => {
-    if (state === undefined || state === '') return
-    const name = transactionCookieName(state)
-    if (request.cookies[name] !== undefined) reply.clearCookie(name, cookies.clear())
+    const slot = slotOfState(request.cookies, state)
+    if (slot !== undefined) reply.clearCookie(slot, cookies.clear())
   }
 
   const setSessionCookies = (reply: FastifyReply, login: CompletedLogin): void => {
     const maxAge = Math.max(0, login.expiresAt - Math.floor(Date.now() / 1000))
     reply.setCookie(sso.config.sessionCookieName, login.token, cookies.session(maxAge))
-    if (login.sealedIdToken !== undefined) reply.setCookie(ID_TOKEN_COOKIE, login.sealedIdToken, cookies.session(maxAge))
+    if (login.idTokenCookie !== undefined) reply.setCookie(ID_TOKEN_COOKIE, login.idTokenCookie, cookies.session(maxAge))
   }
 
   const callbackParams = (query: Static<typeof CallbackQuery>) => ({ code: query.code, state: query.state, iss: query.iss, error: query.error })
 
   const startLogin = async (request: FastifyRequest, reply: FastifyReply, input: { returnTo: string, redirectUri?: string, appState?: string }): Promise<string> => {
-    const started = await sso.startLogin(input)
+    const started = await sso.startLogin(input, request.cookies)
     reply.setCookie(started.cookieName, started.cookieValue, cookies.transaction())
     return started.url
   }
@@ -116,7 +132,7 @@ export async function routes (fastify: FastifyInstance, options: RoutesOptions):
 
   app.get('/callback_keycloak', { ...meta('login.callback', true), schema: { querystring: CallbackQuery } }, async (request, reply) => {
     clearTransactionCookie(request, reply, request.query.state)
-    const login = await sso.completeLogin(callbackParams(request.query), (name) => request.cookies[name])
+    const login = await sso.completeLogin(callbackParams(request.query), request.cookies)
     setSessionCookies(reply, login)
     return reply.redirect(safeReturnPath(login.transaction.returnTo), 302)
   })
@@ -124,7 +140,7 @@ export async function routes (fastify: FastifyInstance, options: RoutesOptions):
   app.post('/login.sso_callback', { ...meta('login.sso_callback'), schema: { body: SsoCallbackInput, response: { 200: Envelope(SsoCallbackData) } } }, async (request, reply) => {
     requireKeycloak(request.body.provider)
     clearTransactionCookie(request, reply, request.body.args.state)
-    const login = await sso.completeLogin(callbackParams(request.body.args), (name) => request.cookies[name])
+    const login = await sso.completeLogin(callbackParams(request.body.args), request.cookies)
     setSessionCookies(reply, login)
     return envelope('login.sso_callback', {
       login_status: 'logged_in' as const,
@@ -137,6 +153,8 @@ export async function routes (fastify: FastifyInstance, options: RoutesOptions):
 
   // Logout ------------------------------------------------------------------------------------
   const logout = async (request: FastifyRequest, reply: FastifyReply, redirectUrl: unknown): Promise<string | undefined> => {
+    const crossSite = crossSiteLogout(request, webappUrl)
+    if (crossSite !== undefined) throw new SsoError('bad_request', crossSite)
     const postLogout = sameOriginUrl(redirectUrl, webappUrl, loginPage)
     const result = await sso.logout(options.tokenOf(request), request.cookies[ID_TOKEN_COOKIE], postLogout)
     reply.clearCookie(sso.config.sessionCookieName, cookies.clear())
@@ -153,6 +171,12 @@ export async function routes (fastify: FastifyInstance, options: RoutesOptions):
   app.get('/login.logout', { ...meta('login.logout'), schema: { querystring: LogoutInput, response: logoutResponse } },
     async (request, reply) => await logoutEnvelope(request, reply, request.query))
   app.get('/logout', { ...meta('logout', true), schema: { querystring: LogoutInput } }, async (request, reply) => {
+    // A link on another site lands on the web app instead, still logged in; the log says why.
+    const crossSite = crossSiteLogout(request, webappUrl)
+    if (crossSite !== undefined) {
+      request.log.warn({ code: 'bad_request', reason: crossSite }, 'Keycloak SSO refused')
+      return reply.redirect('/', 302)
+    }
     const redirectUrl = await logout(request, reply, request.query.redirect_url)
     return reply.redirect(redirectUrl ?? '/login', 302)
   })

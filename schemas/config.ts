@@ -72,6 +72,8 @@ export const KeycloakConfigSchema = Type.Object({
   groups: GroupsSchema,
   scope: Text(services('scope'), 'openid profile email', 'scopes requested at Keycloak'),
   displayName: Text(services('display_name'), 'Keycloak', 'login button text'),
+  trustUnverifiedEmail: Bool(services('trust_unverified_email'), false,
+    'let the whitelist admit emails Keycloak has not verified (plugin setting; for realms whose administrators create users without verification)'),
   algorithms: Type.Array(Type.String({ minLength: 1 }), annotate(services('algorithms'), 'list',
     'signature algorithms accepted on Keycloak tokens (plugin setting)', { default: ['RS256'], minItems: 1 })),
   clockToleranceSec: Type.Integer(annotate(services('clock_tolerance_sec'), 'integer',

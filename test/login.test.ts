@@ -67,13 +67,22 @@ t.test('verified email links the Keycloak identity to the existing ClearML user'
   t.equal(directory.listUsers().length, 1)
 })
 
-t.test('an unverified email never links to an existing user', async (t) => {
+t.test('an unverified email neither links to an existing user nor passes the whitelist', async (t) => {
   const directory = acme()
+  directory.addWhitelistEntry({ email: 'boss@acme.com', company: 'c-acme', role: 'admin' })
   const victim = directory.addUser({ company: 'c-acme', name: 'Ann', email: 'ann@acme.com', role: 'admin' })
-  const result = await runLogin(groupsOn, directory, identity({ subject: 'kc-attacker', emailVerified: false }))
-  t.not(result.user.id, victim.id, 'a separate user')
+  await t.rejects(runLogin(groupsOn, directory, identity({ subject: 'kc-attacker', emailVerified: false })), { code: 'email_not_verified' },
+    'someone else\'s address, unverified: refused')
+  await t.rejects(runLogin(groupsOn, directory, identity({ subject: 'kc-attacker', email: 'boss@acme.com', emailVerified: false })), { code: 'email_not_verified' },
+    'a whitelisted admin address, unverified: refused, not created as admin')
+  t.equal(directory.listUsers().length, 1, 'nobody created')
+  t.equal(await directory.findUserByIdentity('keycloak', 'kc-attacker'), null, 'nothing linked')
+
+  const trusting = testConfig({ groups: { enabled: true }, trustUnverifiedEmail: true })
+  const result = await runLogin(trusting, directory, identity({ subject: 'kc-new', email: 'new@acme.com', emailVerified: false }))
+  t.equal(result.created, true, 'with trust_unverified_email the whitelist admits it')
+  t.not(result.user.id, victim.id, 'as a separate user: linking still needs a verified email')
   t.equal(result.role, 'user')
-  t.equal(await directory.findUserByIdentity('keycloak', 'kc-ann'), null)
 })
 
 t.test('refusals change nothing', async (t) => {

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { chooseSignupTarget, decideSignup, groupNameCandidates, planGroupSync, resolveRole, type Identity, type KeycloakConfigOverrides } from '../index.js'
-import { keycloakManagesRole } from '../lib/policy.js'
+import { keycloakManagesRole, whitelistQuery } from '../lib/policy.js'
 import { testConfig } from './helpers/config.js'
 
 const identity = (fields: Partial<Identity> = {}): Identity => ({ subject: 's', emailVerified: true, name: 'N', groups: [], roles: [], ...fields })
@@ -48,7 +48,12 @@ t.test('role rules (SPEC 5 step 7)', async (t) => {
     ['admin_role= empty, Keycloak says admin, user is user: stays user', { adminRole: null }, { roles: ['admin'], rolesClaimPresent: true }, 'user', 'user'],
     ['member of kc-admins listed in groups.admins, group not in ClearML: admin', admins, { groups: ['kc-admins'] }, 'user', 'admin'],
     ['kc-admins as a full path /kc-admins: admin', admins, { groups: ['/kc-admins'] }, 'user', 'admin'],
-    ['nested /corp/kc-admins matches by its last segment: admin', admins, { groups: ['/corp/kc-admins'] }, 'user', 'admin'],
+    ['a subgroup /contractors/kc-admins is another group: not admin', admins, { groups: ['/contractors/kc-admins'] }, 'user', 'user'],
+    ['and an admin in it is demoted', admins, { groups: ['/contractors/kc-admins'] }, 'admin', 'user'],
+    ['groups.admins naming the full path contractors/kc-admins: its members are admin', { groups: { enabled: true, admins: ['contractors/kc-admins'] } }, { groups: ['/contractors/kc-admins'] }, 'user', 'admin'],
+    ['groups.admins written with the leading /: matches the full path', { groups: { enabled: true, admins: ['/contractors/kc-admins'] } }, { groups: ['/contractors/kc-admins'] }, 'user', 'admin'],
+    ['groups.admins /kc-admins with full group path off (plain kc-admins): admin', { groups: { enabled: true, admins: ['/kc-admins'] } }, { groups: ['kc-admins'] }, 'user', 'admin'],
+    ['groups.admins naming a parent does not cover its subgroups', { groups: { enabled: true, admins: ['contractors'] } }, { groups: ['/contractors/kc-admins'] }, 'user', 'user'],
     ['groups.admins set, user not in it, no roles claim: admin demoted', admins, { groups: ['ml-team'] }, 'admin', 'user'],
     ['groups.admins case-insensitive: KC-Admins matches', { groups: { enabled: true, admins: ['kc-admins'], caseSensitive: false } }, { groups: ['KC-Admins'] }, 'user', 'admin'],
     ['groups.admins case-sensitive: KC-Admins does not match', admins, { groups: ['KC-Admins'] }, 'user', 'user'],
@@ -63,6 +68,18 @@ t.test('role rules (SPEC 5 step 7)', async (t) => {
     t.equal(resolveRole(testConfig(overrides), identity(fields), current), expected, name)
   }
   t.equal(keycloakManagesRole(testConfig({ adminRole: null }), identity({ roles: ['admin'] })), false)
+})
+
+t.test('the whitelist is asked only about an email Keycloak verified (SPEC 5 step 6)', async (t) => {
+  type Row = [string, KeycloakConfigOverrides, Partial<Identity>, unknown]
+  const rows: Row[] = [
+    ['verified email: the whitelist is asked about it', {}, { email: 'ann@acme.com', emailVerified: true }, { email: 'ann@acme.com' }],
+    ['unverified email: refused email_not_verified, the whitelist is not asked', {}, { email: 'boss@acme.com', emailVerified: false }, { refused: 'email_not_verified' }],
+    ['unverified email, trust_unverified_email on: asked', { trustUnverifiedEmail: true }, { email: 'ann@acme.com', emailVerified: false }, { email: 'ann@acme.com' }],
+    ['no email at all: not_whitelisted', {}, { email: undefined }, { refused: 'not_whitelisted' }],
+    ['default_company admits without the whitelist, verified or not', { defaultCompany: 'c-acme' }, { email: 'x@y.z', emailVerified: false }, { skip: 'default_company' }]
+  ]
+  for (const [name, overrides, fields, expected] of rows) t.strictSame(whitelistQuery(testConfig(overrides), identity(fields)), expected, name)
 })
 
 t.test('group sync plan: memberships become exactly the claimed groups that exist in ClearML', async (t) => {

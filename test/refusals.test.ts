@@ -21,7 +21,7 @@ function assertRefused (t: Test, stack: Stack, answer: { status: number, locatio
   t.equal(answer.location, `${stack.appUrl}/login?sso_error=${code}`, `refused with ${code}`)
   t.notOk(answer.setCookies.some((c) => /^clearml_token_basic=[^;]/.test(c)), 'no session cookie')
   t.same(stack.directory.listUsers(), [], 'no user created')
-  t.match(stack.logs.join(''), `"sso_error":"${code}"`, 'the reason is in the log')
+  t.match(stack.logs.join(''), `"code":"${code}"`, 'the reason is in the log')
 }
 
 t.test('not whitelisted: a user from another domain is refused', async (t) => {

@@ -18,12 +18,12 @@ import { MemoryDirectory } from '../lib/memory-directory.js'
 import { safeReturnPath, sameOriginUrl } from '../lib/redirects.js'
 import { Sealer } from '../lib/sealed.js'
 import { SessionTokens } from '../lib/session.js'
-import { TransactionCodec } from '../lib/transaction.js'
+import { slotForNewLogin, slotOfState, TransactionCodec } from '../lib/transaction.js'
 import { ssoErrorHandler, toSsoError } from '../plugins/error-handler.js'
 import { SsoError } from '../lib/errors.js'
 
 t.test('return path after login: only same-origin relative paths, everything else is /', async (t) => {
-  const rows: Array<[unknown, string]> = [
+  const rows: Array<[unknown, string, string?]> = [
     ['/projects', '/projects'],
     ['/projects/1/experiments?filter=a#top', '/projects/1/experiments?filter=a#top'],
     ['/a/../b', '/b'],
@@ -40,11 +40,22 @@ t.test('return path after login: only same-origin relative paths, everything els
     ['/x\nSet-Cookie: a=b', '/'],
     ['/%0d%0aLocation: x', '/'],
     ['/' + 'a'.repeat(3000), '/'],
+    ['/' + 'a'.repeat(1023), '/' + 'a'.repeat(1023)],
+    ['/' + 'a'.repeat(1024), '/', 'longer than the transaction cookie keeps'],
+    ['/..//evil.com', '/', 'dot segment resolving to //evil.com'],
+    ['/.//evil.com', '/', 'same with a single dot'],
+    ['/%2e//evil.com', '/', 'an encoded dot segment'],
+    ['/%2E%2E//evil.com/path?x#y', '/', 'encoded, upper case, with a query'],
+    ['/a/..//evil.com', '/', 'a segment then back up'],
+    ['/%10evil', '/', 'encoded control characters %10–%1f'],
+    ['/%1Fevil', '/'],
+    ['/%7fevil', '/'],
+    ['/ok/%20space', '/ok/%20space', 'an encoded space is an ordinary path'],
     [undefined, '/'],
     [42, '/'],
     ['', '/']
   ]
-  for (const [input, expected] of rows) t.equal(safeReturnPath(input), expected, JSON.stringify(input))
+  for (const [input, expected, why] of rows) t.equal(safeReturnPath(input), expected, why ?? JSON.stringify(input))
 })
 
 t.test('post-logout redirect: the web app\'s origin only', async (t) => {
@@ -133,6 +144,12 @@ t.test('revocation store: claims once, values taken once, both bounded', async (
   await new Promise((resolve) => setTimeout(resolve, 80))
   t.equal(await store.claimOnce('short', later), true, 'an expired claim can be claimed again')
 
+  const small = new OnceClaims(10)
+  for (let i = 0; i < 3000; i++) small.claim(`k${i}`, later)
+  t.equal(small.size, 10, 'a full memory forgets its oldest claims, whatever the traffic')
+  t.equal(small.claim('k2999', later), false, 'the newest are still remembered')
+  t.equal(small.claim('k0', later), true, 'the oldest were forgotten')
+
   await store.setValue('v1', 'one', later)
   t.equal(await store.takeValue('v1'), 'one')
   t.equal(await store.takeValue('v1'), undefined, 'taken once')
@@ -203,34 +220,56 @@ t.test('session cache: verified once, expiry honoured, bounded, revocation check
   t.equal(await foreign.verify(notOurs), null, 'a JWT with our secret but not a ClearML session shape')
 })
 
-t.test('login transaction: sealed, claimed once, expires', async (t) => {
+t.test('login transaction: sealed, claimed once, expires, found by its state among the slots', async (t) => {
   const claims = new OnceClaims()
   const codec = new TransactionCodec('secret', async (key, exp) => claims.claim(key, exp))
   const make = () => codec.create({ redirectUri: 'https://x/callback_keycloak', returnTo: '/p' })
+  const prefixOf = (value: string) => value.split('.').slice(0, 2).join('.')
+  const sealedOf = (value: string) => value.split('.').slice(2).join('.')
   const tx = make()
-  const sealed = await codec.seal(tx)
-  t.notMatch(sealed, tx.verifier, 'the PKCE verifier is not readable in the cookie')
-  t.same(await codec.consume(sealed, tx.state), tx)
-  await t.rejects(codec.consume(sealed, tx.state), { code: 'invalid_state', message: /already used/ })
+  const value = await codec.seal(tx, 'clearml_kc_tx_1')
+  t.notMatch(value, tx.verifier, 'the PKCE verifier is not readable in the cookie')
+  t.notMatch(value, tx.state, 'nor the state')
+  t.equal(slotOfState({ clearml_kc_tx_1: value }, tx.state), 'clearml_kc_tx_1')
+  t.equal(slotOfState({ clearml_kc_tx_1: value }, 'another-state'), undefined)
+  t.equal(slotOfState({ clearml_kc_tx_1: value }, undefined), undefined)
+  t.strictSame(await codec.consume({ clearml_kc_tx_0: 'garbage', clearml_kc_tx_1: value }, tx.state), tx, 'found in its slot, whatever the others hold')
+  await t.rejects(codec.consume({ clearml_kc_tx_1: value }, tx.state), { code: 'invalid_state', message: /already used/ })
+
   const other = make()
-  await t.rejects(codec.consume(await codec.seal(other), tx.state), { code: 'invalid_state', message: /state does not match/ })
-  await t.rejects(codec.consume(undefined, tx.state), { code: 'invalid_state', message: /no login transaction cookie/ })
-  await t.rejects(codec.consume('', tx.state), { code: 'invalid_state' })
+  const swapped = `${prefixOf(await codec.seal(tx, 'clearml_kc_tx_0'))}.${sealedOf(await codec.seal(other, 'clearml_kc_tx_0'))}`
+  await t.rejects(codec.consume({ clearml_kc_tx_0: swapped }, tx.state), { code: 'invalid_state', message: /state does not match/ }, 'the sealed state decides, not the tag')
+  await t.rejects(codec.consume({}, tx.state), { code: 'invalid_state', message: /no login transaction for this state/ })
+  await t.rejects(codec.consume({ clearml_kc_tx_0: '' }, tx.state), { code: 'invalid_state' })
   const foreign = new TransactionCodec('other-secret', async () => true)
-  await t.rejects(codec.consume(await foreign.seal(make()), tx.state), { message: /not valid/ }, 'sealed with another secret')
-  const expired = await new Sealer('secret', 'login-transaction').seal({ tx: make() }, -30)
-  await t.rejects(codec.consume(expired, 'x'), { code: 'invalid_state', message: /expired/ })
+  const third = make()
+  await t.rejects(codec.consume({ clearml_kc_tx_2: await foreign.seal(third, 'clearml_kc_tx_2') }, third.state), { message: /not valid/ }, 'sealed with another secret')
+  const fourth = make()
+  const expired = `${prefixOf(await codec.seal(fourth, 'clearml_kc_tx_0'))}.${await new Sealer('secret', 'login-transaction').seal({ tx: fourth }, -30)}`
+  await t.rejects(codec.consume({ clearml_kc_tx_0: expired }, fourth.state), { code: 'invalid_state', message: /expired/ })
 
   const seen: Array<[string, number]> = []
   const recording = new TransactionCodec('secret', async (key, exp) => { seen.push([key, exp]); return true })
   const next = make()
-  await recording.consume(await recording.seal(next), next.state)
+  await recording.consume({ clearml_kc_tx_0: await recording.seal(next, 'clearml_kc_tx_0') }, next.state)
   t.equal(seen[0][0], next.state, 'the claim is made with the login\'s state')
   t.ok(Math.abs(seen[0][1] - (Date.now() / 1000 + 600)) < 5, 'until the transaction expires')
 
   const broken = new TransactionCodec('secret', async () => { throw new Error('store down') })
   const last = make()
-  await t.rejects(broken.consume(await broken.seal(last), last.state), { code: 'directory_error' }, 'a failing store refuses the login, it does not let it through')
+  await t.rejects(broken.consume({ clearml_kc_tx_0: await broken.seal(last, 'clearml_kc_tx_0') }, last.state), { code: 'directory_error' }, 'a failing store refuses the login, it does not let it through')
+
+  const huge = codec.create({ redirectUri: 'https://x/' + 'a'.repeat(1500), returnTo: '/' })
+  await t.rejects(codec.seal(huge, 'clearml_kc_tx_0'), { code: 'bad_request', message: /too long for the login cookie/ }, 'a cookie that would pass its bound is refused')
+})
+
+t.test('login transaction slots: a free slot first, else the oldest login', async (t) => {
+  const at = (issuedAt: number) => `AAAAAAAAAA.${issuedAt}.sealed`
+  t.equal(slotForNewLogin({}), 'clearml_kc_tx_0')
+  t.equal(slotForNewLogin({ clearml_kc_tx_0: at(5) }), 'clearml_kc_tx_1')
+  t.equal(slotForNewLogin({ clearml_kc_tx_0: at(5), clearml_kc_tx_1: 'not a slot value' }), 'clearml_kc_tx_1', 'an unreadable slot counts as free')
+  t.equal(slotForNewLogin({ clearml_kc_tx_0: at(5), clearml_kc_tx_1: at(3), clearml_kc_tx_2: at(9) }), 'clearml_kc_tx_1', 'all taken: the oldest')
+  t.equal(slotForNewLogin({ clearml_kc_tx_0: at(1), clearml_kc_tx_1: at(3), clearml_kc_tx_2: at(9), clearml_kc_tx_3: at(0) }), 'clearml_kc_tx_0', 'only the slots count')
 })
 
 t.test('environment reading skips undefined values and bare prefixes', async (t) => {

@@ -16,7 +16,17 @@ export const DEMO_USERS: Array<RealmUser & { story: string }> = [
   { username: 'alice', password: 'alice', email: 'alice@acme.example', emailVerified: true, givenName: 'Alice', familyName: 'Anderson', groups: ['/ml-team'], realmRoles: ['admin'], story: 'admin by the realm role "admin"' },
   { username: 'carol', password: 'carol', email: 'carol@acme.example', emailVerified: true, givenName: 'Carol', familyName: 'Chen', groups: ['/kc-admins', '/data-science'], story: 'admin by membership of "kc-admins" (groups.admins)' },
   { username: 'bob', password: 'bob', email: 'bob@acme.example', emailVerified: true, givenName: 'Bob', familyName: 'Brown', groups: ['/ml-team', '/research/data-science'], story: 'a plain member of ml-team and data-science' },
-  { username: 'dave', password: 'dave', email: 'dave@acme.example', emailVerified: true, givenName: 'Dave', familyName: 'Diaz', groups: [], story: 'in no group' }
+  { username: 'dave', password: 'dave', email: 'dave@acme.example', emailVerified: true, givenName: 'Dave', familyName: 'Diaz', groups: [], story: 'in no group' },
+  {
+    username: 'erin',
+    password: 'erin',
+    email: 'erin@acme.example',
+    emailVerified: true,
+    givenName: 'Erin',
+    familyName: 'Evans',
+    groups: ['/ml-team', ...Array.from({ length: 59 }, (_, i) => `/projects/research-${String(i + 1).padStart(2, '0')}`)],
+    story: 'in 60 Keycloak groups: her ID token is too large for a cookie, and logout still ends her Keycloak session'
+  }
 ]
 
 export const DEMO_CLIENT = { clientId: 'clearml', clientSecret: 'demo-client-secret' }

@@ -313,7 +313,11 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
       // oidc-provider builds logout tokens with the same class; Keycloak types them "Logout".
       if (claims.events !== undefined) return { ...claims, typ: 'Logout' }
       const code = this.ctx?.oidc.entities.AuthorizationCode as { sessionUid?: string } | undefined
-      return { ...claims, typ: 'ID', azp: this.client?.clientId, sid: claims.sid ?? code?.sessionUid ?? this.ctx?.oidc.session?.uid }
+      // Keycloak's Group Membership mapper adds the groups to the ID token by default ("Add to ID
+      // token" on), whatever scope was asked for: a user in many groups gets a large ID token.
+      const user = users.find((candidate) => candidate.sub === claims.sub)
+      const groups = user === undefined ? {} : { groups: groupsClaim(user) }
+      return { ...claims, ...groups, typ: 'ID', azp: this.client?.clientId, sid: claims.sid ?? code?.sessionUid ?? this.ctx?.oidc.session?.uid }
     }
     return next
   }

@@ -94,7 +94,7 @@ export async function startStack (options: StackOptions = {}): Promise<Stack> {
 
   const login: Stack['login'] = async (username, opts = {}) => {
     const agent = opts.agent ?? new UserAgent()
-    const user = USERS.find((candidate) => candidate.username === username)!
+    const user = idp.users.find((candidate) => candidate.username === username)!
     const loginPage = await agent.navigate(`${appUrl}${opts.start ?? '/login/keycloak'}`)
     const final = await agent.submitLogin(loginPage, user.username, user.password)
     return { agent, final }

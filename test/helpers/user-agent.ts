@@ -97,4 +97,13 @@ export class UserAgent {
     const target = new URL(action.replace(/&amp;/g, '&'), page.url).href
     return await this.navigate(target, { form: { username, password }, stopAt: init.stopAt })
   }
+
+  /** Follows Keycloak's end-session page, which submits its confirmation form by script, as a browser would. */
+  async confirmIdpLogout (endSessionUrl: string, init: { stopAt?: (url: string) => boolean } = {}): Promise<Page> {
+    const endSession = await this.navigate(endSessionUrl)
+    const form = endSession.body.match(/<form[^>]*action="([^"]+)"[^>]*>([\s\S]*?)<\/form>/)
+    if (form === null) throw new Error(`no logout form on ${endSession.url}: ${endSession.body.slice(0, 200)}`)
+    const fields = Object.fromEntries([...form[2].matchAll(/name="([^"]+)" value="([^"]*)"/g)].map((m) => [m[1], m[2]]))
+    return await this.navigate(new URL(form[1], endSession.url).href, { form: { ...fields, logout: 'yes' }, stopAt: init.stopAt })
+  }
 }
