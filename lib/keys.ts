@@ -1,9 +1,15 @@
 /**
  * Keycloak's signing keys, one set per issuer. Unlike jose's `createRemoteJWKSet`, whose 30-second
  * cooldown counts from the first fetch and so hides a key rotation that happens soon after start,
- * this set reloads at once on the first unknown `kid`, shares that reload among all concurrent
- * verifications (one fetch per rotation, however many logins wait), and only rate-limits *repeated*
- * forced reloads, so a flood of tokens with made-up `kid`s costs at most one fetch per cooldown.
+ * this set reloads at once on an unknown `kid` and shares that reload among all concurrent
+ * verifications (one fetch per rotation, however many logins wait).
+ *
+ * How often an unknown `kid` may force a reload depends on where the token came from. A token the
+ * token endpoint just handed to a login (`getKey`) comes from Keycloak itself over TLS: its `kid` is
+ * a real rotation, and it reloads at once, always. A token from an unauthenticated channel
+ * (`getUntrustedKey`: the back-channel logout body, an `Authorization: Bearer` header, a host's call)
+ * may be forged by anyone, so those force at most one reload per cooldown between them; and their
+ * cooldown is their own, so a forged token can never hold off the reload a login needs.
  */
 import { createLocalJWKSet, errors, type JWTVerifyGetKey } from 'jose'
 import { SsoError } from './errors.js'
@@ -28,7 +34,7 @@ export class RemoteKeySet {
   #local: LocalSet | undefined
   #generation = 0
   #fetchedAt = 0
-  #lastForcedAt = Number.NEGATIVE_INFINITY
+  #lastUntrustedForcedAt = Number.NEGATIVE_INFINITY
   #inFlight: Promise<void> | undefined
 
   constructor (options: KeySetOptions) {
@@ -54,8 +60,7 @@ export class RemoteKeySet {
     return this.#inFlight
   }
 
-  /** jose's key resolver: `jwtVerify(token, keySet.getKey, ...)`. */
-  readonly getKey: JWTVerifyGetKey = async (header, token) => {
+  async #resolve (header: Parameters<JWTVerifyGetKey>[0], token: Parameters<JWTVerifyGetKey>[1], trusted: boolean): Promise<Awaited<ReturnType<JWTVerifyGetKey>>> {
     if (this.#local === undefined || Date.now() - this.#fetchedAt > this.#options.maxAgeMs) await this.#reload()
     const generation = this.#generation
     try {
@@ -65,12 +70,21 @@ export class RemoteKeySet {
       if (this.#inFlight !== undefined) {
         await this.#inFlight
       } else if (this.#generation === generation) {
-        // Not reloaded since this token was tried: force a reload, unless one was forced recently.
-        if (Date.now() - this.#lastForcedAt < this.#options.cooldownMs) throw err
-        this.#lastForcedAt = Date.now()
+        // Not reloaded since this token was tried: force a reload; from an unauthenticated channel,
+        // unless one such was forced recently.
+        if (!trusted) {
+          if (Date.now() - this.#lastUntrustedForcedAt < this.#options.cooldownMs) throw err
+          this.#lastUntrustedForcedAt = Date.now()
+        }
         await this.#reload()
       }
       return await this.#local!(header, token)
     }
   }
+
+  /** jose's key resolver for tokens straight from Keycloak's token endpoint: `jwtVerify(token, keySet.getKey, ...)`. */
+  readonly getKey: JWTVerifyGetKey = async (header, token) => await this.#resolve(header, token, true)
+
+  /** jose's key resolver for tokens anyone could have sent (logout tokens, bearer headers). */
+  readonly getUntrustedKey: JWTVerifyGetKey = async (header, token) => await this.#resolve(header, token, false)
 }

@@ -11,7 +11,8 @@ import { ProviderEndpoints } from './discovery.js'
 import { SsoError } from './errors.js'
 import { mapClaims, type Claims, type Identity } from './identity.js'
 import { RemoteKeySet } from './keys.js'
-import { runLogin, type LoginResult } from './login.js'
+import { PROVIDER, runLogin, type LoginResult } from './login.js'
+import type { BearerUser } from './bearer.js'
 import { ID_TOKEN_COOKIE } from './cookies.js'
 import { exchangeCode, fetchUserinfo, loggableOAuthError } from './oidc-client.js'
 import { pkceChallenge, randomToken, timingSafeEqualText } from './crypto.js'
@@ -100,7 +101,10 @@ export class KeycloakSso {
   readonly #values: ValueStore
   readonly #issueToken: IssueToken | undefined
   readonly #log: FastifyBaseLogger
+  /** Tokens the token endpoint handed to a login: an unknown `kid` reloads the key set at once. */
   readonly #verifyOptions: VerifyOptions
+  /** Tokens anyone could have sent: unknown `kid`s force at most one reload per cooldown. */
+  readonly #untrustedVerifyOptions: VerifyOptions
 
   constructor (options: SsoServiceOptions) {
     const { config } = options
@@ -121,6 +125,7 @@ export class KeycloakSso {
       clockToleranceSec: config.clockToleranceSec,
       getKey: this.keys.getKey
     }
+    this.#untrustedVerifyOptions = { ...this.#verifyOptions, getKey: this.keys.getUntrustedKey }
     // Both secrets go into the sealing key: the client secret is always there, and the token secret
     // makes the key change when an operator rotates it.
     const sealingSecret = `${config.clientSecret}\u0000${config.tokenSecret ?? ''}`
@@ -274,9 +279,37 @@ export class KeycloakSso {
     return await runLogin(this.config, this.#directory, identity)
   }
 
-  /** A Keycloak access token issued to this client, verified; its claims. */
-  async verifyAccessToken (token: string): Promise<JWTPayload> {
-    return await verifyAccessToken(token, this.#verifyOptions)
+  /**
+   * A Keycloak access token from outside a login (a host's call, an `Authorization` header), verified:
+   * issued to this client, or (with `audiences`) to a client whose token names one of them in `aud`.
+   */
+  async verifyAccessToken (token: string, options: { audiences?: readonly string[] } = {}): Promise<JWTPayload> {
+    return await verifyAccessToken(token, { ...this.#untrustedVerifyOptions, audiences: options.audiences })
+  }
+
+  /**
+   * The ClearML user of a verified Keycloak access token: found by its Keycloak subject, or, with
+   * `provision`, found or admitted by the login rules (steps 5–9), whose refusals keep their codes.
+   */
+  async userOfAccessToken (claims: JWTPayload, provision: boolean): Promise<BearerUser> {
+    const identity = this.mapClaims(claims)
+    if (provision) {
+      const { user, company } = await this.login(identity)
+      return { user, company }
+    }
+    let user: DirectoryUser | null
+    let company: Company | null
+    try {
+      user = await this.#directory.findUserByIdentity(PROVIDER, identity.subject)
+      company = user === null ? null : await this.#directory.getCompany(user.company)
+    } catch (err) {
+      throw new SsoError('directory_error', 'the directory failed to find the user of a Keycloak bearer token', { cause: err })
+    }
+    if (user === null) {
+      throw new SsoError('invalid_token', `no ClearML user is linked to Keycloak subject ${identity.subject}: the user logs in through the browser once, or the host enables bearer.provision`)
+    }
+    if (company === null) throw new SsoError('unknown_company', `user ${user.id} belongs to a company the directory does not know`)
+    return { user, company }
   }
 
   async verifySession (token: string | undefined): Promise<VerifiedSession | null> {
@@ -288,7 +321,8 @@ export class KeycloakSso {
    * every instance that shares the revocation store, until it would have expired anyway.
    */
   async backchannelLogout (logoutToken: string): Promise<void> {
-    const claims = await verifyLogoutToken(logoutToken, this.#verifyOptions)
+    // Anyone can post to this route: its tokens must not force key-set reloads at will.
+    const claims = await verifyLogoutToken(logoutToken, this.#untrustedVerifyOptions)
     await this.#revocations.revoke(keycloakSessionKey(claims.sid), this.sessions.expiresAt())
     this.#log.info({ keycloak_sid: claims.sid }, 'Keycloak back-channel logout')
   }

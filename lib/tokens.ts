@@ -2,7 +2,7 @@
  * Verification of Keycloak's tokens with jose (SPEC section 5 step 3). Every check that fails is an
  * `invalid_token` whose message names the check, never the token.
  */
-import { errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose'
+import { errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey, type JWTVerifyOptions } from 'jose'
 import { SsoError } from './errors.js'
 import { timingSafeEqualText } from './crypto.js'
 
@@ -22,27 +22,36 @@ async function verify (token: string, what: string, options: VerifyOptions, audi
     clockTolerance: options.clockToleranceSec,
     requiredClaims
   }
+  let claims: JWTPayload
   try {
-    try {
-      return (await jwtVerify(token, options.getKey, checks)).payload
-    } catch (err) {
-      if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err
-      // No kid and several candidate keys (OpenID Core 10.1 lets the client try them): the first
-      // key whose signature verifies decides; the claim checks then apply as usual.
-      for await (const key of err) {
-        try {
-          return (await jwtVerify(token, key, checks)).payload
-        } catch (attempt) {
-          if (!(attempt instanceof errors.JWSSignatureVerificationFailed)) throw attempt
-        }
-      }
-      throw new errors.JWSSignatureVerificationFailed()
-    }
+    claims = await verifySignatureAndClaims(token, options.getKey, checks)
   } catch (err) {
     if (err instanceof SsoError) throw err
     const { code } = err as errors.JOSEError
     const claim = err instanceof errors.JWTClaimValidationFailed ? ` (${err.claim})` : ''
     throw new SsoError('invalid_token', `${what} rejected: ${code}${claim}`, { cause: err })
+  }
+  // jose checks `iat` against the clock only when asked for a maximum age; a token "issued" in the
+  // future is either forged ahead of time or from a provider whose clock is off: refused either way.
+  if (typeof claims.iat === 'number' && claims.iat > Date.now() / 1000 + options.clockToleranceSec) reject(what, 'iat is in the future')
+  return claims
+}
+
+async function verifySignatureAndClaims (token: string, getKey: JWTVerifyGetKey, checks: JWTVerifyOptions): Promise<JWTPayload> {
+  try {
+    return (await jwtVerify(token, getKey, checks)).payload
+  } catch (err) {
+    if (!(err instanceof errors.JWKSMultipleMatchingKeys)) throw err
+    // No kid and several candidate keys (OpenID Core 10.1 lets the client try them): the first
+    // key whose signature verifies decides; the claim checks then apply as usual.
+    for await (const key of err) {
+      try {
+        return (await jwtVerify(token, key, checks)).payload
+      } catch (attempt) {
+        if (!(attempt instanceof errors.JWSSignatureVerificationFailed)) throw attempt
+      }
+    }
+    throw new errors.JWSSignatureVerificationFailed()
   }
 }
 
@@ -64,12 +73,21 @@ export async function verifyIdToken (token: string, options: VerifyOptions & { n
 
 /**
  * Keycloak's access token. Its `aud` is usually `account` (or absent) unless an Audience mapper adds
- * the client, so the client is checked through `azp`, the party the token was issued to.
+ * the client, so the client is checked through `azp`, the party the token was issued to. An API
+ * client's token (a CLI, a service account) has its own client as `azp`; the host then names the
+ * audiences it accepts (`bearer.audiences`), which Keycloak's Audience mapper puts into `aud`.
  */
-export async function verifyAccessToken (token: string, options: VerifyOptions & { subject?: string }): Promise<JWTPayload> {
+export async function verifyAccessToken (token: string, options: VerifyOptions & { subject?: string, audiences?: readonly string[] }): Promise<JWTPayload> {
   const claims = await verify(token, 'access token', options)
   if (claims.typ !== undefined && claims.typ !== 'Bearer') reject('access token', 'typ is not Bearer')
-  if (claims.azp !== options.clientId) reject('access token', 'azp is not this client')
+  if (claims.azp !== options.clientId) {
+    const audiences = claims.aud === undefined ? [] : Array.isArray(claims.aud) ? claims.aud : [claims.aud]
+    if (!audiences.some((audience) => options.audiences?.includes(audience) === true)) {
+      reject('access token', options.audiences === undefined || options.audiences.length === 0
+        ? 'azp is not this client'
+        : 'azp is not this client and aud names none of bearer.audiences')
+    }
+  }
   if (options.subject !== undefined && claims.sub !== options.subject) reject('access token', 'sub differs from the ID token')
   return claims
 }

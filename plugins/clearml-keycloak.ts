@@ -2,14 +2,13 @@
  * The plugin: validates its options and the configuration at register time, decorates
  * `fastify.keycloak` and `request.clearmlIdentity`, and registers the routes in their own context.
  */
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyCookie from '@fastify/cookie'
 import type { JWTPayload } from 'jose'
 import { readConfig, settingName, weakSettings, type KeycloakConfig, type KeycloakConfigOverrides } from '../lib/config.js'
 import type { UserDirectory } from '../lib/directory.js'
 import { DIRECTORY_METHODS } from '../lib/directory.js'
-import { errorEnvelope } from '../lib/envelope.js'
 import { ConfigError } from '../lib/errors.js'
 import type { Claims, Identity } from '../lib/identity.js'
 import type { LoginResult } from '../lib/login.js'
@@ -17,6 +16,8 @@ import { MemoryRevocationStore, type RevocationStore } from '../lib/revocations.
 import type { ClearmlIdentity } from '../lib/session.js'
 import { KeycloakSso, type IssueToken } from '../lib/sso.js'
 import { routeLogSerializers, routes } from './routes.js'
+import { authenticator, type AuthenticateHook } from './authenticate.js'
+import { KeycloakBearerTokens, type BearerOptions } from '../lib/bearer.js'
 
 export interface ClearmlKeycloakOptions {
   /** The host's users and groups; `MemoryDirectory` for demos and tests. */
@@ -36,6 +37,8 @@ export interface ClearmlKeycloakOptions {
   revocations?: RevocationStore
   /** How many verified session tokens are kept for fast `authenticate`; default 10,000. */
   sessionCacheMax?: number
+  /** Keycloak access tokens as `Authorization: Bearer` credentials for API clients (SPEC section 10). */
+  bearer?: BearerOptions
 }
 
 export interface SupportedModes {
@@ -47,11 +50,16 @@ export interface SupportedModes {
 export interface ClearmlKeycloakDecorator {
   config: KeycloakConfig
   supportedModes(request?: FastifyRequest): Promise<SupportedModes>
+  /** A Keycloak access token issued to this client, verified with jose; its claims. */
   verifyAccessToken(token: string): Promise<JWTPayload>
   mapClaims(claims: Claims): Identity
   login(input: Claims | Identity): Promise<LoginResult>
-  /** A preHandler hook; or `await fastify.keycloak.authenticate(request, reply)` from a hook of yours. */
-  authenticate(request: FastifyRequest, reply: FastifyReply, done?: (err?: Error) => void): Promise<void> | undefined
+  /**
+   * A preHandler hook; or `await fastify.keycloak.authenticate(request, reply)` from a hook of yours.
+   * Accepts a ClearML session (cookie or `Authorization: Bearer`) and, with `bearer.keycloak`, a
+   * Keycloak access token; sets `request.clearmlIdentity` (its `credential` says which).
+   */
+  authenticate: AuthenticateHook
   /** The request's valid session, or `null`: for pages that change when someone is logged in. */
   sessionOf(request: FastifyRequest): Promise<Readonly<ClearmlIdentity> | null>
   /** The service behind the routes; for tests, benchmarks and advanced hosts. */
@@ -82,7 +90,17 @@ function checkOptions (options: ClearmlKeycloakOptions): string {
     throw new TypeError('fastify-clearml-keycloak: "webappUrl" must be an absolute http(s) URL')
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new TypeError('fastify-clearml-keycloak: "webappUrl" must be an absolute http(s) URL')
+  checkBearerOptions(options.bearer)
   return url.origin
+}
+
+function checkBearerOptions (bearer: BearerOptions | undefined): void {
+  if (bearer === undefined) return
+  const fail = (message: string): never => { throw new TypeError(`fastify-clearml-keycloak: ${message}`) }
+  if (bearer === null || typeof bearer !== 'object') fail('"bearer" must be an object, e.g. { keycloak: true }')
+  for (const flag of ['keycloak', 'provision'] as const) if (bearer[flag] !== undefined && typeof bearer[flag] !== 'boolean') fail(`"bearer.${flag}" must be true or false`)
+  if (bearer.audiences !== undefined && (!Array.isArray(bearer.audiences) || !bearer.audiences.every((a) => typeof a === 'string' && a !== ''))) fail('"bearer.audiences" must be a list of client ids')
+  if (bearer.cacheMax !== undefined && !(Number.isInteger(bearer.cacheMax) && bearer.cacheMax > 0)) fail('"bearer.cacheMax" must be a positive whole number')
 }
 
 async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: ClearmlKeycloakOptions): Promise<void> {
@@ -107,53 +125,24 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     sessionCacheMax: options.sessionCacheMax
   })
 
-  const cookieName = config.sessionCookieName
-  const tokenOf = (request: FastifyRequest): string | undefined => {
-    const fromCookie = request.cookies[cookieName]
-    if (fromCookie !== undefined && fromCookie !== '') return fromCookie
-    const header = request.headers.authorization
-    if (header !== undefined && header.length > 7 && header.slice(0, 7).toLowerCase() === 'bearer ') return header.slice(7).trim()
-    return undefined
-  }
+  const bearerOptions = options.bearer ?? {}
+  const bearer = bearerOptions.keycloak === true
+    ? new KeycloakBearerTokens({
+      verify: async (token) => await sso.verifyAccessToken(token, { audiences: bearerOptions.audiences }),
+      userOf: async (claims) => await sso.userOfAccessToken(claims, bearerOptions.provision === true),
+      revocations,
+      cacheMax: bearerOptions.cacheMax
+    })
+    : undefined
+  const { authenticate, sessionOf, tokenOf } = authenticator({ sso, bearer, cookieName: config.sessionCookieName })
 
   const prefix = (options.prefix ?? '').replace(/\/+$/, '')
   const loginUrl = `${prefix}/login/keycloak`
-  const sessionOf = async (request: FastifyRequest): Promise<Readonly<ClearmlIdentity> | null> =>
-    (await sso.verifySession(tokenOf(request)))?.identity ?? null
   const supportedModes = async (request?: FastifyRequest): Promise<SupportedModes> => ({
     authenticated: request === undefined ? false : (await sessionOf(request)) !== null,
     sso: { keycloak: loginUrl },
     sso_providers: [{ name: 'keycloak', display_name: config.displayName, url: loginUrl }]
   })
-  const unauthorized = errorEnvelope('authenticate', 401, 'invalid_token')
-  const refuse = async (reply: FastifyReply): Promise<void> => { await reply.code(401).send(unauthorized) }
-  const slowAuthenticate = async (request: FastifyRequest, reply: FastifyReply, token: string | undefined): Promise<void> => {
-    const session = await sso.verifySession(token)
-    if (session === null) return await refuse(reply)
-    request.clearmlIdentity = session.identity
-  }
-  /**
-   * The hot path of every authenticated request. Used as a hook, Fastify passes `done` and a cached
-   * session is accepted synchronously, without a promise; called directly, it returns a promise.
-   */
-  const authenticate = (request: FastifyRequest, reply: FastifyReply, done?: (err?: Error) => void): Promise<void> | undefined => {
-    const token = tokenOf(request)
-    const fast = token === undefined ? null : sso.sessions.cached(token)
-    let pending: Promise<void>
-    if (fast === undefined) {
-      pending = slowAuthenticate(request, reply, token)
-    } else if (fast === null) {
-      pending = refuse(reply)
-    } else {
-      request.clearmlIdentity = fast.identity
-      if (done === undefined) return Promise.resolve()
-      done()
-      return undefined
-    }
-    if (done === undefined) return pending
-    pending.then(() => { done() }, done)
-    return undefined
-  }
 
   fastify.decorateRequest('clearmlIdentity', null)
   fastify.decorate('keycloak', {

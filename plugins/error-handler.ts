@@ -24,14 +24,19 @@ export function toSsoError (error: FastifyError | SsoError): SsoError {
   return new SsoError('internal_error', 'unexpected error', { cause: error })
 }
 
+/** Every refusal once, at warn, with its code and the reason an operator acts on; a bug at error, with its stack. */
+export function logRefusal (request: FastifyRequest, error: SsoError): void {
+  if (error.code === 'internal_error') {
+    request.log.error({ err: error.cause }, 'Keycloak SSO: unexpected error')
+  } else {
+    request.log.warn({ code: error.code, reason: error.message }, 'Keycloak SSO refused')
+  }
+}
+
 export async function ssoErrorHandler (error: FastifyError | SsoError, request: FastifyRequest, reply: FastifyReply): Promise<void> {
   const sso = toSsoError(error)
   const meta = request.routeOptions.config as unknown as RouteMeta
-  if (sso.code === 'internal_error') {
-    request.log.error({ err: sso.cause }, 'Keycloak SSO: unexpected error')
-  } else {
-    request.log.warn({ code: sso.code, reason: sso.message }, 'Keycloak SSO refused')
-  }
+  logRefusal(request, sso)
   if (meta.browser === true) {
     await reply.redirect(`/login?sso_error=${sso.code}`, 302)
     return

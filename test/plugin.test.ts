@@ -29,7 +29,14 @@ t.test('register-time validation names what is missing', async (t) => {
     ['webappUrl not a URL', { directory: new MemoryDirectory(), webappUrl: 'clearml.example.com', env }, /absolute http\(s\) URL/],
     ['webappUrl with another scheme', { directory: new MemoryDirectory(), webappUrl: 'ftp://clearml.example.com', env }, /absolute http\(s\) URL/],
     ['no token secret and no issueToken', { directory: new MemoryDirectory(), webappUrl: 'https://x', env: { ...env, CLEARML__secure__auth__token_secret: '' } }, { name: 'ConfigError', message: /CLEARML__secure__auth__token_secret is required to sign session tokens/ }],
-    ['bad environment', { directory: new MemoryDirectory(), webappUrl: 'https://x', env: {} }, ConfigError]
+    ['bad environment', { directory: new MemoryDirectory(), webappUrl: 'https://x', env: {} }, ConfigError],
+    ['bearer not an object', { directory: new MemoryDirectory(), webappUrl: 'https://x', env, bearer: true }, /"bearer" must be an object/],
+    ['bearer null', { directory: new MemoryDirectory(), webappUrl: 'https://x', env, bearer: null }, /"bearer" must be an object/],
+    ['bearer.keycloak not a boolean', { directory: new MemoryDirectory(), webappUrl: 'https://x', env, bearer: { keycloak: 'yes' } }, /"bearer.keycloak" must be true or false/],
+    ['bearer.provision not a boolean', { directory: new MemoryDirectory(), webappUrl: 'https://x', env, bearer: { provision: 1 } }, /"bearer.provision" must be true or false/],
+    ['bearer.audiences not a list', { directory: new MemoryDirectory(), webappUrl: 'https://x', env, bearer: { audiences: 'clearml-api' } }, /"bearer.audiences" must be a list of client ids/],
+    ['bearer.audiences with an empty name', { directory: new MemoryDirectory(), webappUrl: 'https://x', env, bearer: { audiences: [''] } }, /"bearer.audiences" must be a list/],
+    ['bearer.cacheMax zero', { directory: new MemoryDirectory(), webappUrl: 'https://x', env, bearer: { cacheMax: 0 } }, /"bearer.cacheMax" must be a positive whole number/]
   ]
   for (const [name, options, expected] of rows) {
     const app = Fastify()

@@ -1,13 +1,14 @@
 import { createHash, randomBytes } from 'node:crypto'
-import { CLIENT_ID, CLIENT_SECRET, USERS, type Stack } from './stack.js'
+import { CLIENT_ID, CLIENT_SECRET, type Stack } from './stack.js'
 import { UserAgent } from './user-agent.js'
 
 /**
  * Real tokens from the provider, obtained as an OpenID client would (code flow with PKCE), for
- * tests of the decorators that take a token.
+ * tests of the decorators that take a token. With the `agent` of a browser logged in at the
+ * provider, the tokens belong to that browser's Keycloak session (no password asked).
  */
-export async function obtainTokens (stack: Stack, username: string): Promise<{ access_token: string, id_token: string }> {
-  const user = USERS.find((u) => u.username === username)!
+export async function obtainTokens (stack: Stack, username: string, options: { agent?: UserAgent } = {}): Promise<{ access_token: string, id_token: string }> {
+  const user = stack.idp.users.find((u) => u.username === username)!
   const verifier = randomBytes(32).toString('base64url')
   const redirectUri = `${stack.appUrl}/callback_keycloak`
   const url = new URL(`${stack.idp.issuer}/protocol/openid-connect/auth`)
@@ -21,9 +22,10 @@ export async function obtainTokens (stack: Stack, username: string): Promise<{ a
     code_challenge: createHash('sha256').update(verifier).digest('base64url'),
     code_challenge_method: 'S256'
   }).toString()
-  const agent = new UserAgent()
-  const page = await agent.navigate(url.href)
-  const stopped = await agent.submitLogin(page, user.username, user.password, { stopAt: (u) => u.startsWith(redirectUri) })
+  const agent = options.agent ?? new UserAgent()
+  const stopAt = (u: string): boolean => u.startsWith(redirectUri)
+  const page = await agent.navigate(url.href, { stopAt })
+  const stopped = stopAt(page.url) ? page : await agent.submitLogin(page, user.username, user.password, { stopAt })
   const code = new URL(stopped.url).searchParams.get('code')!
   const response = await fetch(`${stack.idp.issuer}/protocol/openid-connect/token`, {
     method: 'POST',

@@ -1,0 +1,103 @@
+/**
+ * `authenticate`, the preHandler of every protected route (SPEC sections 7 and 10), and the reading of
+ * a request's credential. It runs on every authenticated request, so a credential already verified is
+ * accepted synchronously (no promise, no allocation beyond the map look-ups), and everything else
+ * happens on the slow path.
+ *
+ * Which credentials go where: the session cookie carries ClearML sessions only; `Authorization:
+ * Bearer` carries a ClearML session token or, when the host enables it, a Keycloak access token. The
+ * two never stand in for each other: a ClearML session is an HS256 token of our own shape that no
+ * Keycloak check accepts (no issuer, no key in the realm's key set), and a Keycloak token fails the
+ * session check (another algorithm, another shape).
+ */
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { KeycloakBearerTokens } from '../lib/bearer.js'
+import { errorEnvelope } from '../lib/envelope.js'
+import { SsoError } from '../lib/errors.js'
+import type { ClearmlIdentity } from '../lib/session.js'
+import type { KeycloakSso } from '../lib/sso.js'
+import { logRefusal, toSsoError } from './error-handler.js'
+
+export type AuthenticateHook = (request: FastifyRequest, reply: FastifyReply, done?: (err?: Error) => void) => Promise<void> | undefined
+
+export interface Authenticator {
+  authenticate: AuthenticateHook
+  /** The request's valid ClearML session, or `null`: for pages that change when someone is logged in. */
+  sessionOf: (request: FastifyRequest) => Promise<Readonly<ClearmlIdentity> | null>
+  /** The ClearML session token of a request: the session cookie, else `Authorization: Bearer`. */
+  tokenOf: (request: FastifyRequest) => string | undefined
+}
+
+function bearerToken (header: string | undefined): string | undefined {
+  if (header === undefined || header.length <= 7 || header.slice(0, 7).toLowerCase() !== 'bearer ') return undefined
+  const token = header.slice(7).trim()
+  return token === '' ? undefined : token
+}
+
+export function authenticator (options: { sso: KeycloakSso, bearer?: KeycloakBearerTokens, cookieName: string }): Authenticator {
+  const { sso, bearer, cookieName } = options
+
+  const cookieToken = (request: FastifyRequest): string | undefined => {
+    const value = request.cookies[cookieName]
+    return value === undefined || value === '' ? undefined : value
+  }
+  const tokenOf = (request: FastifyRequest): string | undefined => cookieToken(request) ?? bearerToken(request.headers.authorization)
+
+  const sessionOf = async (request: FastifyRequest): Promise<Readonly<ClearmlIdentity> | null> =>
+    (await sso.verifySession(tokenOf(request)))?.identity ?? null
+
+  // Every refusal gets its own envelope (its own `meta.id`), and one warn line saying why.
+  const refuse = async (request: FastifyRequest, reply: FastifyReply, error: SsoError): Promise<void> => {
+    logRefusal(request, error)
+    await reply.code(error.statusCode).send(errorEnvelope('authenticate', error.statusCode, error.code))
+  }
+
+  const slowAuthenticate = async (request: FastifyRequest, reply: FastifyReply, token: string | undefined, fromHeader: boolean): Promise<void> => {
+    if (token === undefined) return await refuse(request, reply, new SsoError('invalid_token', 'no session cookie and no bearer token: log in'))
+    const session = await sso.verifySession(token)
+    if (session !== null) {
+      request.clearmlIdentity = session.identity
+      return
+    }
+    if (!fromHeader || bearer === undefined) {
+      return await refuse(request, reply, new SsoError('invalid_token', 'the session token is invalid, expired or revoked: log in again'))
+    }
+    try {
+      request.clearmlIdentity = await bearer.verify(token)
+    } catch (err) {
+      await refuse(request, reply, toSsoError(err as SsoError))
+    }
+  }
+
+  /**
+   * Used as a hook, Fastify passes `done` and a cached credential is accepted synchronously, without
+   * a promise; called directly (`await fastify.keycloak.authenticate(request, reply)`), it returns one.
+   */
+  const authenticate: AuthenticateHook = (request, reply, done) => {
+    let token = cookieToken(request)
+    const fromHeader = token === undefined
+    if (fromHeader) token = bearerToken(request.headers.authorization)
+    let identity: Readonly<ClearmlIdentity> | null | undefined = null
+    if (token !== undefined) {
+      const session = sso.sessions.cached(token)
+      identity = session === undefined || session === null ? session : session.identity
+      if (identity === undefined && fromHeader && bearer !== undefined) identity = bearer.cached(token)
+    }
+    let pending: Promise<void>
+    if (identity === undefined || token === undefined) {
+      pending = slowAuthenticate(request, reply, token, fromHeader)
+    } else if (identity === null) {
+      pending = refuse(request, reply, new SsoError('invalid_token', 'the credential expired, or its session was logged out: log in again'))
+    } else {
+      request.clearmlIdentity = identity
+      if (done === undefined) return Promise.resolve()
+      done()
+      return undefined
+    }
+    if (done === undefined) return pending
+    pending.then(() => { done() }, done)
+    return undefined
+  }
+
+  return { authenticate, sessionOf, tokenOf }
+}
