@@ -14,9 +14,10 @@
  * Medians of the rounds.
  *
  * The exchange alone: the plugin's callback also verifies the two tokens (jose), which is not counted
- * here for either client (@fastify/oauth2 verifies nothing). @fastify/oauth2 is called as its callback
- * route calls it, `getAccessTokenFromAuthorizationCodeFlow(request)`, with the request's `query` and
- * `cookies`, the only fields it reads.
+ * here for either client (@fastify/oauth2 verifies nothing). @fastify/oauth2 is called as its README's
+ * example callback route calls it, `getAccessTokenFromAuthorizationCodeFlow(request)`, with the
+ * request's `query` and `cookies`, the only fields it reads (the `(request, reply)` form would also
+ * clear two cookies).
  *
  * Every @fastify/oauth2 exchange opens a TCP connection; with many rounds, mind the ephemeral ports.
  */
