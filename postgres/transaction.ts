@@ -41,15 +41,11 @@ export async function inTransaction <T> (pool: Pool, work: (run: Run) => Promise
   const onError = (err: Error): void => { broken = err }
   client.on('error', onError)
   const run: Run = async (text, values) => await runOn(client, text, values)
+  let outcome: T | RolledBack<T>
   try {
     await client.query('BEGIN')
-    const outcome = await work(run)
-    if (outcome instanceof RolledBack) {
-      await client.query('ROLLBACK')
-      return outcome.value
-    }
-    await client.query('COMMIT')
-    return outcome
+    outcome = await work(run)
+    await client.query(outcome instanceof RolledBack ? 'ROLLBACK' : 'COMMIT')
   } catch (err) {
     await client.query('ROLLBACK').catch((rollbackError: Error) => { broken = rollbackError })
     throw err
@@ -57,4 +53,5 @@ export async function inTransaction <T> (pool: Pool, work: (run: Run) => Promise
     client.off('error', onError)
     client.release(broken)
   }
+  return outcome instanceof RolledBack ? outcome.value : outcome
 }
