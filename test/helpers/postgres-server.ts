@@ -10,8 +10,8 @@
  *   await server.close()   // stops it and removes its files
  *
  * PostgreSQL refuses to run as root, so when the tests run as root the server runs as the `postgres`
- * system user (the Debian package creates it): the folder is handed to that user and the processes
- * are spawned with its uid and gid.
+ * system user (the Debian package creates it): the folder is handed to that user and the programs
+ * are started through `setpriv` with its uid and gid.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, readdirSync } from 'node:fs'
@@ -53,11 +53,24 @@ function binDir (): string {
   return found
 }
 
-/** The uid and gid to run PostgreSQL as: `postgres` when we are root, ourselves otherwise. */
-async function runAs (): Promise<{ uid: number, gid: number } | undefined> {
-  if (process.getuid?.() !== 0) return undefined
-  const [uid, gid] = await Promise.all([run('id', ['-u', 'postgres']), run('id', ['-g', 'postgres'])])
-  return { uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) }
+/**
+ * How to launch a PostgreSQL program: through util-linux's `setpriv`, which drops to the `postgres`
+ * user when we are root, and kills the server if this test process dies without its teardown (a
+ * time-out, a crash), so no orphaned server keeps a port and a temp folder on a shared machine.
+ */
+function launcher (asRoot: boolean): (program: string, args: string[]) => [string, string[]] {
+  const drop = asRoot ? ['--reuid', 'postgres', '--regid', 'postgres', '--clear-groups'] : []
+  return (program, args) => ['setpriv', ['--pdeathsig', 'KILL', ...drop, '--', program, ...args]]
+}
+
+/** The uid and gid of `postgres`, to hand it the data folder. */
+async function postgresUser (): Promise<{ uid: number, gid: number }> {
+  try {
+    const [uid, gid] = await Promise.all([run('id', ['-u', 'postgres']), run('id', ['-g', 'postgres'])])
+    return { uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) }
+  } catch {
+    throw new Error('running as root needs the postgres system user (apt-get install -y postgresql creates it)')
+  }
 }
 
 /** The last lines a process wrote, to explain a failure. */
@@ -67,20 +80,22 @@ function tail (lines: string[]): string {
 
 export async function startPostgres (options: PostgresServerOptions = {}): Promise<PostgresServer> {
   const bin = binDir()
-  const user = await runAs()
+  const asRoot = process.getuid?.() === 0
+  const command = launcher(asRoot)
   const root = await mkdtemp(join(tmpdir(), 'clearml-kc-pg-'))
   const dataDir = join(root, 'data')
   await mkdir(dataDir, { mode: 0o700 })
-  if (user !== undefined) {
+  if (asRoot) {
+    const user = await postgresUser()
     await chown(root, user.uid, user.gid)
     await chown(dataDir, user.uid, user.gid)
   }
-  const spawnOptions = { ...user, cwd: root, env: { ...process.env, LC_ALL: 'C', TZ: 'UTC' } }
+  const spawnOptions = { cwd: root, env: { ...process.env, LC_ALL: 'C', TZ: 'UTC' } }
 
   try {
-    await run(join(bin, 'initdb'), [
+    await run(...command(join(bin, 'initdb'), [
       '-D', dataDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--locale=C', '--no-sync', '--no-instructions'
-    ], spawnOptions)
+    ]), spawnOptions)
   } catch (err) {
     await rm(root, { recursive: true, force: true })
     throw new Error(`initdb failed: ${(err as { stderr?: string }).stderr ?? String(err)}`)
@@ -129,7 +144,8 @@ export async function startPostgres (options: PostgresServerOptions = {}): Promi
   async function start (): Promise<void> {
     if (child !== undefined) throw new Error('PostgreSQL is already running')
     output.length = 0
-    const started = spawn(join(bin, 'postgres'), args, { ...spawnOptions, stdio: ['ignore', 'pipe', 'pipe'] })
+    // setpriv execs PostgreSQL in place: the child's pid is the server's, and signals reach it.
+    const started = spawn(...command(join(bin, 'postgres'), args), { ...spawnOptions, stdio: ['ignore', 'pipe', 'pipe'] })
     child = started
     started.stdout?.on('data', (chunk: Buffer) => output.push(chunk.toString()))
     started.stderr?.on('data', (chunk: Buffer) => output.push(chunk.toString()))
