@@ -17,7 +17,7 @@ import type { WhitelistSeed } from '../lib/memory-directory.js'
 import { PostgresDirectoryError } from './errors.js'
 import { DEFAULT_SCHEMA, quoteSchemaName } from './schema.js'
 import { directoryStatements, type Statements } from './statements.js'
-import { inTransaction, RolledBack, runOn, type Run } from './transaction.js'
+import { assertPool, inTransaction, RolledBack, runOn, type Run } from './transaction.js'
 
 export interface PostgresDirectoryOptions {
   /** The host's pool; never ended by the directory. */
@@ -52,6 +52,7 @@ export class PostgresDirectory implements UserDirectory {
   readonly schema: string
 
   constructor (options: PostgresDirectoryOptions) {
+    assertPool(options.pool)
     this.schema = options.schema ?? DEFAULT_SCHEMA
     this.#sql = directoryStatements(quoteSchemaName(this.schema))
     this.#pool = options.pool

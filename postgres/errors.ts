@@ -5,6 +5,7 @@
  */
 
 export type PostgresDirectoryErrorCode =
+  | 'invalid_pool' // the pool option is not a pg Pool
   | 'invalid_schema_name' // the `schema` option is empty, too long for PostgreSQL or holds a NUL
   | 'schema_conflict' // createPostgresSchema met a table or index of that name it did not create
   | 'invalid_input' // a value PostgreSQL cannot store (text with a NUL character)

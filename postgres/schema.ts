@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto'
 import type { Pool } from 'pg'
 import { PostgresDirectoryError } from './errors.js'
-import { inTransaction } from './transaction.js'
+import { assertPool, inTransaction } from './transaction.js'
 
 export const DEFAULT_SCHEMA = 'public'
 
@@ -116,6 +116,7 @@ export function schemaLockKey (schema: string): string {
  * only the first time (to create the schema) and on the schema when a version is applied.
  */
 export async function createPostgresSchema (pool: Pool, options: PostgresSchemaOptions = {}): Promise<PostgresSchemaResult> {
+  assertPool(pool)
   const schema = options.schema ?? DEFAULT_SCHEMA
   const s = quoteSchemaName(schema)
   return await inTransaction(pool, async (run) => {

@@ -13,6 +13,17 @@ export type Run = <R extends QueryResultRow = QueryResultRow>(text: string, valu
 const holdsNul = (value: unknown): boolean =>
   (typeof value === 'string' && value.includes('\u0000')) || (Array.isArray(value) && value.some(holdsNul))
 
+/**
+ * The pool option must be a pg Pool. A Client has `query` and `connect` too, but its `connect` gives
+ * no releasable client; the pool's documented `totalCount` tells them apart.
+ */
+export function assertPool (pool: unknown): asserts pool is Pool {
+  const candidate = pool as Partial<Pool> | undefined
+  if (typeof candidate?.query !== 'function' || typeof candidate.connect !== 'function' || typeof candidate.totalCount !== 'number') {
+    throw new PostgresDirectoryError('invalid_pool', 'the pool option must be a pg Pool (for example fastify.pg.pool), not a Client')
+  }
+}
+
 /** One parameterised statement on a pool or a checked-out client. */
 export async function runOn <R extends QueryResultRow> (queryable: Pool | PoolClient, text: string, values: unknown[] = []): Promise<QueryResult<R>> {
   if (values.some(holdsNul)) throw new PostgresDirectoryError('invalid_input', 'text values cannot contain a NUL character')

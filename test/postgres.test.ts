@@ -359,6 +359,14 @@ t.test('through the plugin: logins write PostgreSQL; with it stopped, directory_
   for (const secret of [CLIENT_SECRET, TOKEN_SECRET, new URL(atCallback.url).searchParams.get('code')!]) t.notMatch(logs, secret, 'no secret or code in the log')
 })
 
+t.test('the pool option must be a pg Pool', async (t) => {
+  const client = new pg.Client({ connectionString: server.connectionString })
+  for (const [label, candidate] of [['missing', undefined], ['not an object', 'postgres://x'], ['a pg Client', client], ['query only', { query: pool.query.bind(pool) }]] as const) {
+    t.throws(() => new PostgresDirectory({ pool: candidate as unknown as pg.Pool }), code('invalid_pool'), `PostgresDirectory: ${label}`)
+    await t.rejects(createPostgresSchema(candidate as unknown as pg.Pool), code('invalid_pool'), `createPostgresSchema: ${label}`)
+  }
+})
+
 t.test('the directory never ends the host\'s pool', async (t) => {
   const host = newPool()
   const directory = await acmeDirectory('lifecycle', host)
