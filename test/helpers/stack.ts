@@ -4,7 +4,7 @@
  */
 import { freePort } from '../../examples/free-port.js'
 import Fastify, { type FastifyInstance } from 'fastify'
-import clearmlKeycloak, { MemoryDirectory, type ClearmlKeycloakOptions } from '../../index.js'
+import clearmlKeycloak, { MemoryDirectory, type ClearmlKeycloakOptions, type UserDirectory } from '../../index.js'
 import { startKeycloakLikeIdp, type KeycloakLikeIdp, type KeycloakLikeIdpOptions, type RealmUser } from '../../examples/idp/keycloak-like-idp.js'
 import { UserAgent } from './user-agent.js'
 
@@ -31,11 +31,17 @@ export function seedAcme (directory: MemoryDirectory): void {
   directory.addWhitelistEntry({ domain: 'acme.com', company: 'c-acme' })
 }
 
-export interface Stack {
+function seededMemoryDirectory (seed: (directory: MemoryDirectory) => void): MemoryDirectory {
+  const directory = new MemoryDirectory()
+  seed(directory)
+  return directory
+}
+
+export interface Stack<D extends UserDirectory = MemoryDirectory> {
   idp: KeycloakLikeIdp
   app: FastifyInstance
   appUrl: string
-  directory: MemoryDirectory
+  directory: D
   env: Record<string, string>
   logs: string[]
   browser: () => UserAgent
@@ -44,7 +50,7 @@ export interface Stack {
   close: () => Promise<void>
 }
 
-export interface StackOptions {
+export interface StackOptions<D extends UserDirectory = MemoryDirectory> {
   /** Merged over the default environment; `undefined` removes a variable. */
   env?: Record<string, string | undefined>
   /** The whole environment instead, given the provider's issuer. */
@@ -52,11 +58,13 @@ export interface StackOptions {
   idp?: Partial<KeycloakLikeIdpOptions>
   plugin?: Partial<ClearmlKeycloakOptions>
   seed?: (directory: MemoryDirectory) => void
+  /** A directory of the test's own (e.g. on PostgreSQL), already seeded; `seed` is then not used. */
+  directory?: D
   /** Register a protected route `GET /me` that answers the session identity. */
   protectedRoute?: boolean
 }
 
-export async function startStack (options: StackOptions = {}): Promise<Stack> {
+export async function startStack<D extends UserDirectory = MemoryDirectory> (options: StackOptions<D> = {}): Promise<Stack<D>> {
   const port = await freePort()
   const appUrl = `http://127.0.0.1:${port}`
   const idp = await startKeycloakLikeIdp({
@@ -76,8 +84,7 @@ export async function startStack (options: StackOptions = {}): Promise<Stack> {
     if (value === undefined) delete env[name]
     else env[name] = value
   }
-  const directory = new MemoryDirectory()
-  ;(options.seed ?? seedAcme)(directory)
+  const directory = options.directory ?? seededMemoryDirectory(options.seed ?? seedAcme) as unknown as D
 
   const logs: string[] = []
   const app = Fastify({
@@ -92,7 +99,7 @@ export async function startStack (options: StackOptions = {}): Promise<Stack> {
   app.get('/', async () => 'home')
   await app.listen({ port, host: '127.0.0.1' })
 
-  const login: Stack['login'] = async (username, opts = {}) => {
+  const login: Stack<D>['login'] = async (username, opts = {}) => {
     const agent = opts.agent ?? new UserAgent()
     const user = idp.users.find((candidate) => candidate.username === username)!
     const loginPage = await agent.navigate(`${appUrl}${opts.start ?? '/login/keycloak'}`)

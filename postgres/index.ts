@@ -1,0 +1,11 @@
+/**
+ * fastify-clearml-keycloak/postgres: the user directory on PostgreSQL (node-postgres), for
+ * apiservers running as several replicas. pg is an optional peer dependency: only hosts that import
+ * this entry need it, and the directory uses the host's own pool.
+ *
+ *   await createPostgresSchema(fastify.pg.pool)              // on every start; idempotent
+ *   const directory = new PostgresDirectory({ pool: fastify.pg.pool })
+ */
+export { PostgresDirectory, type PostgresDirectoryOptions } from './directory.js'
+export { createPostgresSchema, SCHEMA_VERSION, type PostgresSchemaOptions, type PostgresSchemaResult } from './schema.js'
+export { PostgresDirectoryError, type PostgresDirectoryErrorCode } from './errors.js'
