@@ -1,7 +1,8 @@
 /**
  * An example apiserver: the plugin plus the few pages a person sees (log in, who am I, log out).
- * The demo runs it against the embedded provider; `examples/keycloak/` runs it against a real
- * Keycloak. Its configuration is only ever the CLEARML__ environment.
+ * The demo runs it against the embedded provider; `examples/replicas/apiserver.ts` runs it with Redis
+ * and PostgreSQL behind a proxy, as in `examples/keycloak/`. Its configuration is only ever the
+ * CLEARML__ environment.
  */
 import Fastify, { LogController, type FastifyInstance } from 'fastify'
 import clearmlKeycloak, { MemoryDirectory, redactPaths } from '../index.js'

@@ -8,7 +8,7 @@ import type { Company, DirectoryGroup, Role, WhitelistEntry } from './directory.
 import type { SsoErrorCode } from './errors.js'
 import type { Identity } from './identity.js'
 
-type GroupsConfig = Pick<KeycloakConfig['groups'], 'enabled' | 'caseSensitive' | 'admins' | 'prohibitUserSignupIfNotInGroup'>
+export type GroupsConfig = Pick<KeycloakConfig['groups'], 'enabled' | 'caseSensitive' | 'admins' | 'prohibitUserSignupIfNotInGroup'>
 
 /**
  * The ClearML group names a Keycloak group may stand for. Keycloak's Group Membership mapper sends

@@ -1,20 +1,41 @@
 /**
- * The `UserDirectory` contract as a tap suite. A host runs it against its own implementation:
+ * The `UserDirectory` contract as a test suite. A host runs it against its own implementation:
  *
  *   import t from 'tap'
  *   import { testDirectory } from 'fastify-clearml-keycloak'
- *   await testDirectory(async (fixture) => seedMyDatabase(fixture), { t })
+ *   await testDirectory(async (fixture) => await seedMyDatabase(fixture), { t })
  *
  * The factory gets a fresh fixture per test and must return a directory holding exactly it.
- * tap is loaded only when this function runs, so it stays out of production imports.
+ * tap is loaded only when this function runs without `t`, so it stays out of production imports,
+ * and its types stay out of this package's declarations (see `DirectoryContractTest`).
  */
-import type { Test } from 'tap'
 import type { UserDirectory } from './directory.js'
 import type { DirectoryFixture } from './memory-directory.js'
 
 export type { DirectoryFixture }
 
 export type DirectoryFactory = (fixture: DirectoryFixture) => UserDirectory | Promise<UserDirectory>
+
+/**
+ * The part of a tap `Test` the suite uses. It is declared here, not imported from tap, so that a
+ * host compiles this package's declarations strictly (`skipLibCheck` off) without tap installed:
+ * importing tap's `Test` type would drag tap's own declarations, which need newer `@types/node`
+ * than Node 20 hosts have, into every host's type-check. tap 21's `Test` fits it.
+ */
+export interface DirectoryContractTest {
+  test(name: string, fn: (t: DirectoryContractTest) => Promise<void>): Promise<unknown>
+  equal(found: unknown, wanted: unknown, ...message: [] | [message: string]): unknown
+  same(found: unknown, wanted: unknown, ...message: [] | [message: string]): unknown
+  ok(value: unknown, ...message: [] | [message: string]): unknown
+  rejects(promise: Promise<unknown>, ...message: [] | [message: string]): Promise<unknown>
+}
+
+export interface TestDirectoryOptions {
+  /** The tap test to run under; default tap's root test, imported when needed. */
+  t?: DirectoryContractTest
+  /** Name of the suite's parent test; default "UserDirectory contract". */
+  name?: string
+}
 
 function newFixture (): DirectoryFixture {
   return {
@@ -30,8 +51,8 @@ function newFixture (): DirectoryFixture {
 
 const identity = (subject: string) => ({ provider: 'keycloak', subject })
 
-export async function testDirectory (factory: DirectoryFactory, options: { t?: Test, name?: string } = {}): Promise<void> {
-  const root: Test = options.t ?? (await import('tap')).default
+export async function testDirectory (factory: DirectoryFactory, options: TestDirectoryOptions = {}): Promise<void> {
+  const root: DirectoryContractTest = options.t ?? (await import('tap')).default
   const make = async (): Promise<UserDirectory> => await factory(newFixture())
 
   await root.test(options.name ?? 'UserDirectory contract', async (t) => {
