@@ -101,8 +101,9 @@ export async function checkRedirectUri ({ config, webapp, endpoints, probe }: Do
   if (status === 400 && page.includes('Client not found')) {
     return fail(`the realm has no client "${clientId}" ("Client not found")`, `set ${settingName('clientId')} to the Client ID shown under Clients in the Keycloak console`)
   }
-  if (status >= 300 && status < 400) {
-    const target = new URL(headers!.location ?? '', url)
+  const location = headers!.location
+  if (status >= 300 && status < 400 && location !== undefined) {
+    const target = new URL(location, url)
     const error = target.searchParams.get('error')
     if (`${target.origin}${target.pathname}` === callback && error !== null) {
       return fail(`Keycloak accepts ${callback} but refuses the login request (${loggableOAuthError(error)})`, fixForAuthorizationError(error, clientId))
