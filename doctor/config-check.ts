@@ -6,6 +6,7 @@
  */
 import { ConfigError } from '../lib/errors.js'
 import { issuerOf, readConfig, settingName, weakSettings, type KeycloakConfig } from '../lib/config.js'
+import { shown } from './context.js'
 import type { Verdict } from './report.js'
 
 export interface ConfigOutcome {
@@ -37,10 +38,10 @@ export function checkConfig (env: Record<string, string | undefined>): ConfigOut
   if (config.tokenSecret === undefined) {
     warnings.push(`${settingName('tokenSecret')} is not set: the plugin refuses to start unless the host passes issueToken`)
   }
-  const summary = `client "${config.clientId}" of the Keycloak realm ${issuerOf(config)!}`
+  const summary = `client "${config.clientId}" of the Keycloak realm ${shown(issuerOf(config))}`
   const weak = weakSettings(config)
   const verdict: Verdict = weak.length > 0
-    ? { ok: false, message: weak.map((warning) => `${warning.variable} ${warning.message}`).join('; '), fix: `set ${weak.map((warning) => warning.variable).join(', ')} to at least 32 random bytes, e.g. from \`openssl rand -base64 48\` (sessions signed with the old secret then end)` }
+    ? { ok: false, message: weak.map((warning) => `${warning.variable} ${warning.message}`).join('; '), fix: `set ${weak.map((warning) => warning.variable).join(', ')} to the output of \`openssl rand -base64 48\` (sessions signed with the old secret then end)` }
     : { ok: true, message: `read: ${summary}` }
   if (warnings.length > 0) verdict.warnings = warnings
   return { verdict, config }

@@ -186,6 +186,12 @@ t.test('an unreachable Keycloak fails discovery, and nothing else is checked', a
   t.match(stdout, /^✖ clock +not checked: needs discovery — fix: fix discovery first$/m)
   const report = await runDoctor({ env: envFor(closed), webappUrl: WEBAPP })
   assertFailures(t, report, { discovery: { message: /could not be reached/ } }, { need: 'discovery', ids: ['issuer', 'endpoints', 'jwks', 'client', 'redirect_uri', 'end_session', 'clock'] })
+
+  // A password written into base_url stays out of the report, as every value does.
+  const withPassword = closed.replace('http://', 'http://ops:pa55-Word@')
+  const shownReport = JSON.stringify(await runDoctor({ env: envFor(withPassword), webappUrl: WEBAPP }))
+  t.notMatch(shownReport, /pa55-Word/)
+  t.match(shownReport, /could not be reached \(http:\/\/127\.0\.0\.1:\d+\/realms\/clearml\/\.well-known\/openid-configuration\)/)
 })
 
 t.test('a skewed clock fails only clock, against clock_tolerance_sec', async (t) => {
@@ -208,7 +214,7 @@ t.test('configuration: a short token_secret fails config, the other checks still
   const short = 'Qx7-wk'
   const { code, stdout } = await doctor(['doctor', '--webapp-url', WEBAPP], envFor(idp.issuer, { CLEARML__secure__auth__token_secret: short }))
   t.equal(code, 1)
-  t.match(stdout, /^✖ config +CLEARML__secure__auth__token_secret is 6 bytes; use at least 32 random bytes .* — fix: set CLEARML__secure__auth__token_secret to at least 32 random bytes/m)
+  t.match(stdout, /^✖ config +CLEARML__secure__auth__token_secret is 6 bytes; use at least 32 random bytes .* — fix: set CLEARML__secure__auth__token_secret to the output of `openssl rand -base64 48` \(sessions signed with the old secret then end\)$/m)
   const report = await runDoctor({ env: envFor(idp.issuer, { CLEARML__secure__auth__token_secret: short }), webappUrl: WEBAPP })
   assertFailures(t, report, { config: { message: /token_secret is 6 bytes/, fix: /openssl rand -base64 48/ } })
   assertNothingSecret(t, stdout, [short])
