@@ -140,8 +140,9 @@ export async function checkEndSession ({ config, webapp, endpoints, probe }: Doc
   if (status === 400 && afterLogout !== undefined && String(body).includes('Invalid redirect uri')) {
     return fail(`Keycloak refuses ${afterLogout} as the page after logout ("Invalid redirect uri")`, `add ${afterLogout} to Valid post logout redirect URIs in ${inConsole(clientId, 'Settings')}`)
   }
-  return fail(
-    `${shown(endpoint)} answered HTTP ${status}`,
-    status >= 500 ? 'Keycloak is failing: see its log' : `set ${settingName('logoutUrl')} to the realm's logout endpoint, or turn ${settingName('idpLogout')} off`
-  )
+  return fail(`${shown(endpoint)} answered HTTP ${status}`, status >= 500
+    ? 'Keycloak is failing: see its log'
+    : status === 400
+      ? `check ${settingName('clientId')}; Realm settings → Events (Keycloak console) says what Keycloak refused`
+      : `set ${settingName('logoutUrl')} to the realm's logout endpoint, or turn ${settingName('idpLogout')} off`)
 }

@@ -133,7 +133,7 @@ t.test('an unknown client id fails client and redirect_uri ("Client not found")'
   assertFailures(t, report, {
     client: { message: /refuses client "clearml-typo"/ },
     redirect_uri: { message: /the realm has no client "clearml-typo" \("Client not found"\)/, fix: /client_id to the Client ID shown under Clients/ },
-    end_session: { message: /answered HTTP 400/ }
+    end_session: { message: /answered HTTP 400/, fix: /client_id/ }
   })
 })
 
@@ -472,7 +472,7 @@ t.test('answers of other Keycloak versions and of broken deployments', async (t)
     { name: 'no authorization endpoint there', setup: (r) => { r.answers.auth = () => ({ status: 404, body: 'not found' }) }, check: 'redirect_uri', expect: { message: 'the authorization endpoint answered HTTP 404', fix: /authorize_url/ } },
     { name: 'no end-session endpoint there', setup: (r) => { r.answers.logout = () => ({ status: 404, body: 'not found' }) }, check: 'end_session', expect: { message: /logout answered HTTP 404$/, fix: /logout_url/ } },
     { name: 'the end-session endpoint fails', setup: (r) => { r.answers.logout = () => ({ status: 500, body: 'boom' }) }, check: 'end_session', expect: { message: /logout answered HTTP 500$/, fix: 'Keycloak is failing: see its log' } },
-    { name: 'the end-session endpoint refuses something else', setup: (r) => { r.answers.logout = () => ({ status: 400, body: 'Invalid parameter: client_id' }) }, check: 'end_session', expect: { message: /logout answered HTTP 400$/ } }
+    { name: 'the end-session endpoint refuses something else', setup: (r) => { r.answers.logout = () => ({ status: 400, body: 'Invalid parameter: client_id' }) }, check: 'end_session', expect: { message: /logout answered HTTP 400$/, fix: /^check .*client_id; Realm settings → Events \(Keycloak console\) says what Keycloak refused$/ } }
   ]
   const ecKey = (await generateKeyPair('ES256')).publicKey
   const rsaKey = (await generateKeyPair('RS256')).publicKey
