@@ -456,7 +456,8 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
 
   /**
    * Keycloak's client credentials grant: the client authenticates (Basic or form) and receives an
-   * access token for its service-account user, shaped like Keycloak's (no ID token, no refresh token).
+   * access token for its service-account user, shaped like Keycloak's. No refresh token (Keycloak's
+   * default for this grant) and no ID token, which Keycloak adds when the scope has openid.
    */
   async function clientCredentialsGrant (req: IncomingMessage, res: ServerResponse, form: URLSearchParams): Promise<void> {
     const { clientId, secret } = clientCredentials(req, form)
