@@ -5,7 +5,7 @@
  * on every login, and undici's fetch costs several times more CPU per request here
  * (docs/performance.md).
  */
-import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http'
+import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http'
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
 import { SsoError } from './errors.js'
 
@@ -15,6 +15,8 @@ export interface HttpAnswer {
   status: number
   contentType: string
   body: unknown
+  /** The answer's headers, when `CallOptions.responseHeaders` asked for them. */
+  headers?: IncomingHttpHeaders
 }
 
 export interface CallOptions {
@@ -24,6 +26,8 @@ export interface CallOptions {
   timeoutMs: number
   /** Names the endpoint in messages. The URL's query and the body are never logged: they may hold codes. */
   what: string
+  /** Also return the answer's headers (the doctor reads `Date` and `Location`). */
+  responseHeaders?: boolean
 }
 
 const agents = { http: new HttpAgent({ keepAlive: true }), https: new HttpsAgent({ keepAlive: true }) }
@@ -89,7 +93,9 @@ export async function callJson (url: string, options: CallOptions): Promise<Http
       body = undefined
     }
   }
-  return { status: response.statusCode!, contentType, body }
+  const answer: HttpAnswer = { status: response.statusCode!, contentType, body }
+  if (options.responseHeaders === true) answer.headers = response.headers
+  return answer
 }
 
 export function isJsonObject (value: unknown): value is Record<string, unknown> {

@@ -7,11 +7,17 @@
  *
  * It runs on its own HTTP server, and its provider instance can be replaced in place (`rotateKeys`)
  * to rotate signing keys the way Keycloak does: the new key signs, the old one is still published.
+ *
+ * It also answers as Keycloak does where an operator's tools look (the doctor, `doctor/`): the
+ * `client_credentials` grant for clients with service accounts on, Keycloak's token-endpoint errors
+ * for wrong client credentials and for service accounts off, Keycloak's error page for an
+ * unregistered `redirect_uri`, and, for clock tests, a `Date` header from a skewed clock.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { Readable } from 'node:stream'
 import { randomUUID } from 'node:crypto'
-import { createLocalJWKSet, exportJWK, generateKeyPair, jwtVerify, type JWK } from 'jose'
+import { createLocalJWKSet, exportJWK, generateKeyPair, importJWK, jwtVerify, SignJWT, type JWK } from 'jose'
 import Provider, { type AdapterConstructor, type Configuration, type KoaContextWithOIDC } from 'oidc-provider'
 
 export interface RealmUser {
@@ -37,6 +43,11 @@ export interface RealmClient {
   postLogoutRedirectUris?: string[]
   /** Keycloak's "Backchannel logout URL"; "Backchannel logout session required" is on. */
   backchannelLogoutUri?: string
+  /**
+   * Keycloak's "Service accounts roles" (off by default): the token endpoint then grants
+   * `client_credentials` to this client, with a token for its service-account user.
+   */
+  serviceAccountsEnabled?: boolean
 }
 
 export interface KeycloakLikeIdpOptions {
@@ -51,6 +62,8 @@ export interface KeycloakLikeIdpOptions {
   rolesInIdToken?: boolean
   /** Serve opaque access tokens (only usable at userinfo) instead of Keycloak's JWTs. */
   opaqueAccessTokens?: boolean
+  /** Seconds added to the clock the provider shows in its `Date` header (tokens are unaffected). */
+  clockSkewSec?: number
 }
 
 export interface KeycloakLikeIdp {
@@ -59,6 +72,8 @@ export interface KeycloakLikeIdp {
   users: Required<Pick<RealmUser, 'sub'>> & RealmUser extends infer U ? U[] : never
   /** Requests received per path (without query), for tests that count fetches. */
   hits: Map<string, number>
+  /** The `sub` of a client's service-account user (`service-account-<clientId>`), stable while the realm runs. */
+  serviceAccountSubject(clientId: string): string
   /** Generate a new signing key; the previous key stays published, as after a Keycloak rotation. */
   rotateKeys(): Promise<void>
   close(): Promise<void>
@@ -124,7 +139,7 @@ ${error === undefined ? '' : `<p class="error" id="input-error">${escapeHtml(err
 <button id="kc-login" type="submit">Sign In</button></form></body></html>`
 }
 
-async function readForm (req: IncomingMessage): Promise<URLSearchParams> {
+async function readBody (req: IncomingMessage): Promise<Buffer> {
   const chunks: Buffer[] = []
   let size = 0
   for await (const chunk of req) {
@@ -132,7 +147,82 @@ async function readForm (req: IncomingMessage): Promise<URLSearchParams> {
     if (size > 64 * 1024) throw new Error('form too large')
     chunks.push(chunk as Buffer)
   }
-  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'))
+  return Buffer.concat(chunks)
+}
+
+async function readForm (req: IncomingMessage): Promise<URLSearchParams> {
+  return new URLSearchParams((await readBody(req)).toString('utf8'))
+}
+
+/**
+ * The request again, for oidc-provider, after this server read its body to see the grant type:
+ * oidc-provider reads the body from the request stream itself (and warns when given a parsed one).
+ */
+function withBody (req: IncomingMessage, body: Buffer): IncomingMessage {
+  const replay = Readable.from([body], { objectMode: false })
+  return Object.assign(replay, {
+    method: req.method,
+    url: req.url,
+    headers: req.headers,
+    rawHeaders: req.rawHeaders,
+    httpVersion: req.httpVersion,
+    httpVersionMajor: req.httpVersionMajor,
+    httpVersionMinor: req.httpVersionMinor,
+    socket: req.socket
+  }) as unknown as IncomingMessage
+}
+
+/** Keycloak's answer to every failed client authentication, whatever failed (id, secret, method). */
+const INVALID_CLIENT = { error: 'invalid_client', error_description: 'Invalid client or Invalid client credentials' }
+
+function sendJson (res: ServerResponse, status: number, body: unknown): void {
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', pragma: 'no-cache' }).end(JSON.stringify(body))
+}
+
+/**
+ * The client's id and secret as Keycloak's "Client Id and Secret" authenticator reads them: HTTP
+ * Basic (RFC 6749 2.3.1: form-encoded, then base64) or `client_id`/`client_secret` in the form.
+ */
+function clientCredentials (req: IncomingMessage, form: URLSearchParams): { clientId?: string, secret?: string } {
+  const header = req.headers.authorization ?? ''
+  if (/^Basic /i.test(header)) {
+    const decoded = Buffer.from(header.slice(6), 'base64').toString('utf8')
+    const colon = decoded.indexOf(':')
+    const formDecode = (value: string): string | undefined => {
+      try {
+        return decodeURIComponent(value.replace(/\+/g, ' '))
+      } catch {
+        return undefined
+      }
+    }
+    return colon < 0 ? {} : { clientId: formDecode(decoded.slice(0, colon)), secret: formDecode(decoded.slice(colon + 1)) }
+  }
+  return { clientId: form.get('client_id') ?? undefined, secret: form.get('client_secret') ?? undefined }
+}
+
+/** What Keycloak's error page says where oidc-provider's would say something else (Keycloak's messages_en). */
+function keycloakErrorText (route: string | undefined, out: { error?: unknown, error_description?: unknown }): string | undefined {
+  if (out.error === 'invalid_redirect_uri') return 'Invalid parameter: redirect_uri'
+  if (route === 'authorization' && out.error === 'invalid_client') return 'Client not found.'
+  if (route === 'end_session' && out.error_description === 'post_logout_redirect_uri not registered') return 'Invalid redirect uri'
+  return undefined
+}
+
+function keycloakErrorPage (realm: string, message: string): string {
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sign in to ${escapeHtml(realm)}</title></head>
+<body><h1 id="kc-page-title">We are sorry...</h1>
+<div id="kc-error-message"><p class="instruction">${escapeHtml(message)}</p></div></body></html>`
+}
+
+/** The `Date` header as a Keycloak host whose clock is `skewSec` ahead (behind, when negative) would send it. */
+function showSkewedDate (res: ServerResponse, skewSec: number): void {
+  const writeHead = res.writeHead
+  // Node calls writeHead for implicit headers too (res.end without it), so every answer passes here.
+  res.writeHead = function (this: ServerResponse, ...args: unknown[]) {
+    this.setHeader('date', new Date(Date.now() + skewSec * 1000).toUTCString())
+    return (writeHead as (...a: unknown[]) => ServerResponse).apply(this, args)
+  } as ServerResponse['writeHead']
 }
 
 async function newSigningKey (): Promise<JWK> {
@@ -151,6 +241,8 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
   let provider: Provider
   // One store for the realm, kept when keys rotate, as Keycloak keeps sessions across a rotation.
   const storage = memoryAdapter()
+  // Keycloak creates the service-account user when "Service accounts roles" is switched on.
+  const serviceAccounts = new Map(options.clients.filter((client) => client.serviceAccountsEnabled === true).map((client) => [client.clientId, randomUUID()]))
 
   const server: Server = createServer((req, res) => { handle(req, res).catch(() => res.destroy()) })
   await new Promise<void>((resolve) => server.listen(options.port ?? 0, host, resolve))
@@ -297,13 +389,21 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
     ttl: { AccessToken: 300, IdToken: 300, Interaction: 600, Session: 3600, Grant: 3600, AuthorizationCode: 60 },
     renderError: async (ctx, out) => {
       ctx.type = 'html'
-      ctx.body = `<!doctype html><title>Error</title><h1>${escapeHtml(String(out.error))}</h1><p>${escapeHtml(String(out.error_description ?? ''))}</p>`
+      const keycloakText = keycloakErrorText(ctx.oidc?.route, out)
+      ctx.body = keycloakText !== undefined
+        ? keycloakErrorPage(realm, keycloakText)
+        : `<!doctype html><title>Error</title><h1>${escapeHtml(String(out.error))}</h1><p>${escapeHtml(String(out.error_description ?? ''))}</p>`
     }
   })
 
   const build = (): Provider => {
     const next = new Provider(issuer, configuration())
     next.proxy = false
+    next.use(async (ctx, nextMiddleware) => {
+      await nextMiddleware()
+      // oidc-provider says "client authentication failed"; Keycloak words it its own way.
+      if (ctx.oidc?.route === 'token' && ctx.status === 401 && (ctx.body as { error?: unknown } | undefined)?.error === 'invalid_client') ctx.body = INVALID_CLIENT
+    })
     // Keycloak's ID token says what it is and whom it was issued to, and carries the session id.
     // (Without this, an oidc-provider logout token would also pass for an ID token and vice versa.)
     const IdToken = next.IdToken as unknown as { prototype: { payload: () => Promise<Record<string, unknown>>, client?: { clientId: string } } }
@@ -358,10 +458,65 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
     }
   }
 
-  async function handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /**
+   * Keycloak's client credentials grant: the client authenticates (Basic or form) and receives an
+   * access token for its service-account user, shaped like Keycloak's. No refresh token (Keycloak's
+   * default for this grant) and no ID token, which Keycloak adds when the scope has openid.
+   */
+  async function clientCredentialsGrant (req: IncomingMessage, res: ServerResponse, form: URLSearchParams): Promise<void> {
+    const { clientId, secret } = clientCredentials(req, form)
+    const client = options.clients.find((candidate) => candidate.clientId === clientId)
+    if (client === undefined || secret !== client.clientSecret) {
+      sendJson(res, 401, INVALID_CLIENT)
+      return
+    }
+    const subject = serviceAccounts.get(client.clientId)
+    if (subject === undefined) {
+      // Keycloak's own source answers this with 401; FACTS.md and the brief have 400. The doctor reads
+      // the error and its description, not the status, so either works with it.
+      sendJson(res, 400, { error: 'unauthorized_client', error_description: 'Client not enabled to retrieve service account' })
+      return
+    }
+    const requested = (form.get('scope') ?? '').split(' ').filter((scope) => ['openid', 'profile', 'email', 'roles', 'groups'].includes(scope))
+    const scope = [...new Set([...requested, 'profile', 'email'])].join(' ')
+    const [key] = keys
+    const now = Math.floor(Date.now() / 1000)
+    const accessToken = await new SignJWT({
+      typ: 'Bearer',
+      azp: client.clientId,
+      client_id: client.clientId,
+      scope,
+      email_verified: false,
+      preferred_username: `service-account-${client.clientId}`,
+      realm_access: { roles: REALM_DEFAULT_ROLES(realm) },
+      resource_access: { account: { roles: ['manage-account', 'view-profile'] } }
+    })
+      .setProtectedHeader({ alg: 'RS256', typ: 'JWT', kid: key.kid })
+      .setIssuer(issuer)
+      .setSubject(subject)
+      .setAudience('account')
+      .setIssuedAt(now)
+      .setExpirationTime(now + 300)
+      .setJti(randomUUID())
+      .sign(await importJWK(key, 'RS256'))
+    sendJson(res, 200, { access_token: accessToken, expires_in: 300, refresh_expires_in: 0, token_type: 'Bearer', 'not-before-policy': 0, scope })
+  }
+
+  async function handle (incoming: IncomingMessage, res: ServerResponse): Promise<void> {
+    let req = incoming
     const path = (req.url ?? '/').split('?')[0]
     hits.set(path, (hits.get(path) ?? 0) + 1)
+    if (options.clockSkewSec !== undefined) showSkewedDate(res, options.clockSkewSec)
     try {
+      if (req.method === 'POST' && path === `${mount}/protocol/openid-connect/token`) {
+        const body = await readBody(req)
+        const form = new URLSearchParams(body.toString('utf8'))
+        if (form.get('grant_type') === 'client_credentials') {
+          await clientCredentialsGrant(req, res, form)
+          return
+        }
+        req = withBody(req, body)
+      }
       if (path === `${mount}/protocol/openid-connect/userinfo` && options.opaqueAccessTokens !== true) {
         await jwtUserinfo(req, res)
         return
@@ -389,6 +544,11 @@ export async function startKeycloakLikeIdp (options: KeycloakLikeIdpOptions): Pr
     origin,
     users: users as KeycloakLikeIdp['users'],
     hits,
+    serviceAccountSubject (clientId: string) {
+      const subject = serviceAccounts.get(clientId)
+      if (subject === undefined) throw new Error(`client ${clientId} has no service account (serviceAccountsEnabled is off or the client is unknown)`)
+      return subject
+    },
     async rotateKeys () {
       keys = [await newSigningKey(), ...keys]
       provider = build()
