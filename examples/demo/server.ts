@@ -43,7 +43,7 @@ export function demoEnvironment (issuer: string): Record<string, string> {
     [`${kc}groups__enabled`]: 'true',
     [`${kc}groups__claim`]: 'groups',
     [`${kc}groups__admins`]: '["kc-admins"]',
-    CLEARML__secure__auth__token_secret: 'demo-token-secret-change-me'
+    CLEARML__secure__auth__token_secret: 'demo-token-secret-change-me-in-real-deployments'
   }
 }
 
