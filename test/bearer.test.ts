@@ -5,7 +5,8 @@
  */
 import t, { type Test } from 'tap'
 import { decodeJwt, SignJWT } from 'jose'
-import { KC, startStack, type Stack } from './helpers/stack.js'
+import { MemoryDirectory } from '../index.js'
+import { KC, seedAcme, startStack, type Stack } from './helpers/stack.js'
 import { obtainTokens } from './helpers/tokens.js'
 import { harness, login, type Harness } from './helpers/hostile-harness.js'
 import { newKey } from './helpers/hostile-idp.js'
@@ -64,8 +65,9 @@ t.test('refused: unknown user, a Keycloak token in the session cookie, an ID tok
 t.test('envelopes of refusals are each their own', async (t) => {
   const stack = await bearerStack(t)
   const first = await me(stack, {})
-  const second = await me(stack, {})
+  const second = await me(stack, { authorization: 'Bearer     ' })
   t.equal(first.status, 401)
+  t.equal(second.status, 401, 'an empty bearer is no credential')
   t.not(first.body.meta.id, second.body.meta.id, 'every 401 has its own meta.id')
   t.not(first.body.meta.trx, second.body.meta.trx)
 })
@@ -137,6 +139,7 @@ t.test('bearer.audiences: another client\'s token is accepted when its aud names
   const h = await withKnownUser(t, { audiences: ['clearml-api'] })
   t.equal(await status(h, await access(h, { azp: 'clearml-cli', aud: ['clearml-api', 'account'] })), 200, 'a CLI client\'s token for the ClearML API')
   t.equal(await status(h, await access(h, { azp: 'clearml-cli', aud: 'account' })), 401, 'the same client without the audience')
+  t.equal(await status(h, await access(h, { azp: 'clearml-cli', aud: undefined })), 401, 'or without any aud')
   const strict = await withKnownUser(t)
   t.equal(await status(strict, await access(strict, { azp: 'clearml-cli', aud: 'clearml-api' })), 401, 'no audiences configured: only this client')
 })
@@ -201,4 +204,32 @@ t.test('a service account\'s token: no Keycloak session, its jti as session_id; 
   const small = await withKnownUser(t, { cacheMax: 1 })
   const [a, b] = [await access(small, { jti: 'a' }), await access(small, { jti: 'b' })]
   t.same([await status(small, a), await status(small, b), await status(small, a)], [200, 200, 200], 'a bounded cache evicts, and an evicted token verifies again')
+})
+
+t.test('the directory behind a bearer token: failing is directory_error (503), a vanished company unknown_company (403)', async (t) => {
+  let failing = false
+  class FlakyDirectory extends MemoryDirectory {
+    override async findUserByIdentity (provider: string, subject: string) {
+      if (failing) throw new Error('database down')
+      return await super.findUserByIdentity(provider, subject)
+    }
+  }
+  const directory = new FlakyDirectory()
+  seedAcme(directory)
+  const stack = await startStack({ protectedRoute: true, directory, plugin: { bearer: { keycloak: true } } })
+  t.teardown(stack.close)
+  await stack.login('bob')
+  const tokens = await obtainTokens(stack, 'bob')
+  failing = true
+  const down = await me(stack, bearer(tokens.access_token))
+  t.equal(down.status, 503)
+  t.match(down.body, { data: { error: 'directory_error' } })
+  failing = false
+  const lost = new MemoryDirectory()
+  const orphan = await startStack({ protectedRoute: true, directory: lost, plugin: { bearer: { keycloak: true } } })
+  t.teardown(orphan.close)
+  lost.addUser({ company: 'c-gone', name: 'Bob', role: 'user' }, { provider: 'keycloak', subject: orphan.idp.users.find((u) => u.username === 'bob')!.sub })
+  const orphaned = await me(orphan, bearer((await obtainTokens(orphan, 'bob')).access_token))
+  t.equal(orphaned.status, 403)
+  t.match(orphaned.body, { data: { error: 'unknown_company' } })
 })
