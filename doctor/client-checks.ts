@@ -7,15 +7,10 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { settingName } from '../lib/config.js'
 import { isJsonObject } from '../lib/http.js'
-import { loggableOAuthError } from '../lib/oidc-client.js'
+// The client authenticates exactly as the plugin's code exchange does.
+import { basicAuthorization, loggableOAuthError } from '../lib/oidc-client.js'
 import { shown, type DoctorContext } from './context.js'
 import { fail, pass, type Verdict } from './report.js'
-
-/** RFC 6749 2.3.1, as the plugin's code exchange sends it (lib/oidc-client.ts). */
-function basicAuthorization (clientId: string, clientSecret: string): string {
-  const encode = (value: string): string => encodeURIComponent(value).replace(/%20/g, '+')
-  return 'Basic ' + Buffer.from(`${encode(clientId)}:${encode(clientSecret)}`).toString('base64')
-}
 
 /** Where a client setting is in the Keycloak admin console. */
 const inConsole = (clientId: string, tab: string): string => `Clients → ${clientId} → ${tab} (Keycloak console)`

@@ -11,7 +11,7 @@ export interface TokenSet {
 }
 
 /** RFC 6749 2.3.1: client_secret_basic encodes id and secret as form values before base64. */
-function basicAuthorization (clientId: string, clientSecret: string): string {
+export function basicAuthorization (clientId: string, clientSecret: string): string {
   const encode = (value: string): string => encodeURIComponent(value).replace(/%20/g, '+')
   return 'Basic ' + Buffer.from(`${encode(clientId)}:${encode(clientSecret)}`).toString('base64')
 }
