@@ -6,7 +6,9 @@
  * forced reloads, so a flood of tokens with made-up `kid`s costs at most one fetch per cooldown.
  */
 import { createLocalJWKSet, errors, type JWTVerifyGetKey } from 'jose'
+import { publishJwksFetch, type JwksFetchReason } from './diagnostics.js'
 import { SsoError } from './errors.js'
+import { settingName } from './config.js'
 import { callJson, isJsonObject } from './http.js'
 
 export interface KeySetOptions {
@@ -35,18 +37,19 @@ export class RemoteKeySet {
     this.#options = { cooldownMs: 30_000, maxAgeMs: 10 * 60_000, ...options }
   }
 
-  #reload (): Promise<void> {
+  #reload (reason: JwksFetchReason): Promise<void> {
     this.#inFlight ??= (async () => {
       this.fetches++
+      publishJwksFetch(reason)
       const url = await this.#options.url()
       const answer = await callJson(url, { timeoutMs: this.#options.timeoutMs, what: 'key set (jwks)', headers: { accept: 'application/json' } })
       if (answer.status !== 200 || !isJsonObject(answer.body) || !Array.isArray(answer.body.keys)) {
-        throw new SsoError('idp_unavailable', `key set (jwks) answered HTTP ${answer.status} without a key set`)
+        throw new SsoError('idp_unavailable', `key set (jwks) answered HTTP ${answer.status} without a key set at ${url}: is ${settingName('jwksUrl')} (or discovery's jwks_uri) this realm's certs endpoint?`)
       }
       try {
         this.#local = createLocalJWKSet(answer.body as unknown as Parameters<typeof createLocalJWKSet>[0])
       } catch (err) {
-        throw new SsoError('idp_unavailable', 'key set (jwks) is malformed', { cause: err })
+        throw new SsoError('idp_unavailable', `key set (jwks) at ${url} is malformed: is ${settingName('jwksUrl')} (or discovery's jwks_uri) this realm's certs endpoint?`, { cause: err })
       }
       this.#generation++
       this.#fetchedAt = Date.now()
@@ -56,7 +59,7 @@ export class RemoteKeySet {
 
   /** jose's key resolver: `jwtVerify(token, keySet.getKey, ...)`. */
   readonly getKey: JWTVerifyGetKey = async (header, token) => {
-    if (this.#local === undefined || Date.now() - this.#fetchedAt > this.#options.maxAgeMs) await this.#reload()
+    if (this.#local === undefined || Date.now() - this.#fetchedAt > this.#options.maxAgeMs) await this.#reload(this.#local === undefined ? 'initial' : 'max_age')
     const generation = this.#generation
     try {
       return await this.#local!(header, token)
@@ -68,7 +71,7 @@ export class RemoteKeySet {
         // Not reloaded since this token was tried: force a reload, unless one was forced recently.
         if (Date.now() - this.#lastForcedAt < this.#options.cooldownMs) throw err
         this.#lastForcedAt = Date.now()
-        await this.#reload()
+        await this.#reload('unknown_kid')
       }
       return await this.#local!(header, token)
     }

@@ -5,15 +5,16 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { JWTPayload } from 'jose'
-import type { KeycloakConfig } from './config.js'
+import { settingName, type KeycloakConfig } from './config.js'
 import type { Company, DirectoryUser, UserDirectory } from './directory.js'
+import { observeLogin } from './diagnostics.js'
 import { ProviderEndpoints } from './discovery.js'
 import { SsoError } from './errors.js'
 import { mapClaims, type Claims, type Identity } from './identity.js'
 import { RemoteKeySet } from './keys.js'
 import { runLogin, type LoginResult } from './login.js'
 import { ID_TOKEN_COOKIE } from './cookies.js'
-import { exchangeCode, fetchUserinfo, loggableOAuthError } from './oidc-client.js'
+import { describeOAuthError, exchangeCode, fetchUserinfo } from './oidc-client.js'
 import { pkceChallenge, randomToken, timingSafeEqualText } from './crypto.js'
 import { MemoryRevocationStore, OnceClaims, type RevocationStore } from './revocations.js'
 import { Sealer } from './sealed.js'
@@ -82,7 +83,7 @@ export const MAX_ID_TOKEN_COOKIE_BYTES = 3072
 const ID_TOKEN_REFERENCE = 'ref.'
 const idTokenKey = (reference: string): string => `id-token:${reference}`
 
-function looksLikeIdentity (value: Claims | Identity): value is Identity {
+export function looksLikeIdentity (value: Claims | Identity): value is Identity {
   return typeof value.subject === 'string' && Array.isArray(value.groups) && Array.isArray(value.roles) && typeof value.emailVerified === 'boolean'
 }
 
@@ -158,21 +159,25 @@ export class KeycloakSso {
     return { url: url.href, cookieName, cookieValue: await this.#transactions.seal(transaction, cookieName) }
   }
 
-  /** Steps 1–10 for one callback; `cookies` are the browser's, where its transaction is. */
+  /** Steps 1–10 for one callback; `cookies` are the browser's, where its transaction is. Published on the `login` channel. */
   async completeLogin (params: CallbackParams, cookies: CookieJar): Promise<CompletedLogin> {
+    return await observeLogin(async () => await this.#completeLogin(params, cookies), (login) => login.result.created)
+  }
+
+  async #completeLogin (params: CallbackParams, cookies: CookieJar): Promise<CompletedLogin> {
     const { state, code, iss, error } = params
     if (typeof state !== 'string' || state === '') {
-      if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${loggableOAuthError(error)}`)
-      throw new SsoError('invalid_state', 'the callback has no state')
+      if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${describeOAuthError(error)}`)
+      throw new SsoError('invalid_state', 'the callback has no state: it did not come from a login this server started (a bookmarked or hand-made callback URL)')
     }
     // 1. Transaction
     const transaction = await this.#transactions.consume(cookies, state)
-    if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${loggableOAuthError(error)}`)
+    if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${describeOAuthError(error)}`)
     if (iss !== undefined && !timingSafeEqualText(iss, this.endpoints.issuer)) {
       // RFC 9207: a response naming another issuer is a mix-up attack, or a misconfiguration.
-      throw new SsoError('invalid_state', 'the callback\'s iss parameter is not the configured issuer')
+      throw new SsoError('invalid_state', `the callback's iss parameter is not ${settingName('baseUrl')} (${this.endpoints.issuer}): if every login fails so, set it to the issuer Keycloak announces (its frontend URL); otherwise a response from another provider was refused`)
     }
-    if (typeof code !== 'string' || code === '') throw new SsoError('invalid_state', 'the callback has no code')
+    if (typeof code !== 'string' || code === '') throw new SsoError('invalid_state', 'the callback has neither a code nor an error: it was not sent by Keycloak as a login answer')
 
     // 2. Code exchange
     const endpoints = await this.endpoints.get()
@@ -194,7 +199,7 @@ export class KeycloakSso {
       infoClaims = await verifyAccessToken(tokens.accessToken, { ...options, subject: idClaims.sub })
     } else {
       infoClaims = await fetchUserinfo({ endpoint: endpoints.userinfo!, accessToken: tokens.accessToken, timeoutMs: this.config.httpTimeoutMs })
-      if (infoClaims.sub !== idClaims.sub) throw new SsoError('userinfo_mismatch', 'userinfo sub differs from the ID token\'s')
+      if (infoClaims.sub !== idClaims.sub) throw new SsoError('userinfo_mismatch', userinfoMismatch())
     }
 
     // 4–9. Identity, user, signup, role, groups, profile. The chosen source wins over the ID token,
@@ -257,7 +262,7 @@ export class KeycloakSso {
         token = await this.#issueToken(result.user, { company: result.company, identity, sessionId, expiresAt, sid })
       } catch (err) {
         // The host's session store is part of the host's side, like its directory.
-        throw new SsoError('directory_error', 'issueToken failed', { cause: err })
+        throw new SsoError('directory_error', 'the host\'s issueToken failed (its error is the cause)', { cause: err })
       }
       return { token, sessionId, expiresAt }
     }
@@ -268,10 +273,9 @@ export class KeycloakSso {
     return mapClaims(this.config, claims)
   }
 
-  /** Steps 4–9 for claims already verified, or an `Identity` the host built. */
+  /** Steps 4–9 for claims already verified, or an `Identity` the host built. Published on the `login` channel. */
   async login (input: Claims | Identity): Promise<LoginResult> {
-    const identity = looksLikeIdentity(input) ? input : this.mapClaims(input)
-    return await runLogin(this.config, this.#directory, identity)
+    return await observeLogin(async () => await runLogin(this.config, this.#directory, looksLikeIdentity(input) ? input : this.mapClaims(input)), (result) => result.created)
   }
 
   /** A Keycloak access token issued to this client, verified; its claims. */
@@ -315,6 +319,11 @@ export class KeycloakSso {
     url.searchParams.set('post_logout_redirect_uri', postLogoutRedirectUri)
     return { redirectUrl: url.href }
   }
+}
+
+/** Why a userinfo answer about someone else is refused, and what to check. */
+export function userinfoMismatch (): string {
+  return `userinfo's sub differs from the token's: ${settingName('userinfoUrl')} (or discovery's userinfo_endpoint) must be this realm's userinfo endpoint`
 }
 
 /** ID-token claims that describe the token, not the user, and must not shadow user claims. */

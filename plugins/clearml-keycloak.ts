@@ -11,6 +11,8 @@ import type { UserDirectory } from '../lib/directory.js'
 import { DIRECTORY_METHODS } from '../lib/directory.js'
 import { errorEnvelope } from '../lib/envelope.js'
 import { ConfigError } from '../lib/errors.js'
+import { publishAuthRefused } from '../lib/diagnostics.js'
+import { explainLogin, explainSourceOf, type Explanation, type ExplainInput } from '../lib/explain.js'
 import type { Claims, Identity } from '../lib/identity.js'
 import type { LoginResult } from '../lib/login.js'
 import { MemoryRevocationStore, type RevocationStore } from '../lib/revocations.js'
@@ -29,7 +31,11 @@ export interface ClearmlKeycloakOptions {
   config?: KeycloakConfigOverrides
   /** Prefix of the plugin's routes. */
   prefix?: string
-  routes?: { supportedModes?: boolean }
+  /**
+   * `supportedModes: false` leaves `login.supported_modes` to the host; `explain: true` adds the
+   * admin-only `POST /login.sso_explain` (off by default).
+   */
+  routes?: { supportedModes?: boolean, explain?: boolean }
   /** Issue the session token yourself instead of the ClearML-compatible HS256 token. */
   issueToken?: IssueToken
   /** Where logouts are remembered; default in memory. Share one across apiserver instances. */
@@ -50,6 +56,8 @@ export interface ClearmlKeycloakDecorator {
   verifyAccessToken(token: string): Promise<JWTPayload>
   mapClaims(claims: Claims): Identity
   login(input: Claims | Identity): Promise<LoginResult>
+  /** What a login would do for these claims, this identity or this access token, and why; writes nothing. */
+  explain(input: ExplainInput): Promise<Explanation>
   /** A preHandler hook; or `await fastify.keycloak.authenticate(request, reply)` from a hook of yours. */
   authenticate(request: FastifyRequest, reply: FastifyReply, done?: (err?: Error) => void): Promise<void> | undefined
   /** The request's valid session, or `null`: for pages that change when someone is logged in. */
@@ -126,7 +134,10 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     sso_providers: [{ name: 'keycloak', display_name: config.displayName, url: loginUrl }]
   })
   const unauthorized = errorEnvelope('authenticate', 401, 'invalid_token')
-  const refuse = async (reply: FastifyReply): Promise<void> => { await reply.code(401).send(unauthorized) }
+  const refuse = async (reply: FastifyReply): Promise<void> => {
+    publishAuthRefused('invalid_token', tokenOf(reply.request) === undefined ? undefined : 'session')
+    await reply.code(401).send(unauthorized)
+  }
   const slowAuthenticate = async (request: FastifyRequest, reply: FastifyReply, token: string | undefined): Promise<void> => {
     const session = await sso.verifySession(token)
     if (session === null) return await refuse(reply)
@@ -155,6 +166,7 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     return undefined
   }
 
+  const explainContext = { config, directory: options.directory, sso }
   fastify.decorateRequest('clearmlIdentity', null)
   fastify.decorate('keycloak', {
     config,
@@ -162,6 +174,7 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     verifyAccessToken: async (token: string) => await sso.verifyAccessToken(token),
     mapClaims: (claims: Claims) => sso.mapClaims(claims),
     login: async (input: Claims | Identity) => await sso.login(input),
+    explain: async (input: ExplainInput) => await explainLogin(explainSourceOf(input), explainContext),
     authenticate,
     sessionOf,
     sso
@@ -174,7 +187,9 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     webappUrl,
     supportedModes: options.routes?.supportedModes !== false,
     tokenOf,
-    supportedModesData: supportedModes
+    supportedModesData: supportedModes,
+    explain: options.routes?.explain === true ? async (source) => await explainLogin(source, explainContext) : undefined,
+    authenticate
   })
 }
 
