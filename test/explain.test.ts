@@ -158,6 +158,15 @@ const refusals: Row[] = [
     }
   },
   {
+    name: 'no_matching_group: a user in many groups, named in part',
+    env: { [`${KC}groups__prohibit_user_signup_if_not_in_group`]: 'true' },
+    input: claims({ groups: Array.from({ length: 11 }, (_, i) => `/projects/p${i}`) }),
+    expect: (t, e) => {
+      t.equal(e.groups.unknown.length, 11, 'every unknown group in the explanation')
+      t.match(e.reason, /"\/projects\/p0", .*"\/projects\/p7" and 3 more is a ClearML group/, 'eight of them in the reason')
+    }
+  },
+  {
     name: 'no_matching_group: no groups at all',
     env: { [`${KC}groups__prohibit_user_signup_if_not_in_group`]: 'true' },
     input: claims({ groups: [] }),
@@ -193,6 +202,15 @@ const decisions: Row[] = [
     expect: (t, e) => {
       t.match(e, { outcome: 'ok', signup: { admit: true, company: 'c-acme', reason: /by CLEARML__secure__login__sso__oauth_client__keycloak__default_company/ } })
       t.match(e.role.rule, /Keycloak does not manage the role: the claims carry no roles .*groups__admins is empty; a new user gets "user" \(every new user starts as "user"\)/)
+    }
+  },
+  {
+    name: 'group names matched without case when groups.case_sensitive is off',
+    env: { [`${KC}groups__case_sensitive`]: 'false' },
+    input: claims({ groups: ['/ML-Team', '/Data-Science', '/Sales'] }),
+    expect: (t, e) => {
+      t.same([...e.groups.add].sort(), ['data-science', 'ml-team'])
+      t.same(e.groups.unknown, ['/Sales'])
     }
   },
   {
