@@ -4,11 +4,11 @@
  * The demo runs it against the embedded provider; `examples/keycloak/` runs it against a real
  * Keycloak. Its configuration is only ever the CLEARML__ environment.
  */
-import diagnosticsChannel from 'node:diagnostics_channel'
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import Fastify, { LogController, type FastifyInstance } from 'fastify'
 import { Counter, Histogram, Registry } from 'prom-client'
 import clearmlKeycloak, { MemoryDirectory, redactPaths } from '../index.js'
-import { CHANNELS, type AuthRefusedEvent, type IdpCallEvent, type JwksFetchEvent, type LoginEvent } from '../lib/diagnostics.js'
+import { diagnosticsChannels, type AuthRefusedEvent, type IdpCallEvent, type JwksFetchEvent, type LoginEvent } from '../lib/diagnostics.js'
 import { escapeHtml, page } from './demo/page.js'
 
 /** The demo company: ClearML groups ml-team and data-science, and a whitelist for acme.example. */
@@ -95,24 +95,24 @@ export function prometheusMetrics (): { registry: Registry, close: () => void } 
   })
 
   const subscriptions: Array<[string, (message: unknown) => void]> = [
-    [CHANNELS.login, (message) => {
+    [diagnosticsChannels.login, (message) => {
       const { outcome, code, created, durationMs } = message as LoginEvent
       logins.inc({ outcome, ...(code === undefined ? {} : { code }), ...(created === undefined ? {} : { created: String(created) }) })
       loginSeconds.observe({ outcome }, durationMs / 1000)
     }],
-    [CHANNELS.idpCall, (message) => {
+    [diagnosticsChannels.idpCall, (message) => {
       const { endpoint, status, durationMs } = message as IdpCallEvent
       idpRequests.inc({ endpoint, status })
       idpSeconds.observe({ endpoint }, durationMs / 1000)
     }],
-    [CHANNELS.jwksFetch, (message) => { jwksFetches.inc({ reason: (message as JwksFetchEvent).reason }) }],
-    [CHANNELS.authRefused, (message) => {
+    [diagnosticsChannels.jwksFetch, (message) => { jwksFetches.inc({ reason: (message as JwksFetchEvent).reason }) }],
+    [diagnosticsChannels.authRefused, (message) => {
       const { code, credential } = message as AuthRefusedEvent
       refusals.inc({ code, credential: credential ?? 'none' })
     }]
   ]
-  for (const [name, onMessage] of subscriptions) diagnosticsChannel.subscribe(name, onMessage)
-  return { registry, close: () => { for (const [name, onMessage] of subscriptions) diagnosticsChannel.unsubscribe(name, onMessage) } }
+  for (const [name, onMessage] of subscriptions) subscribe(name, onMessage)
+  return { registry, close: () => { for (const [name, onMessage] of subscriptions) unsubscribe(name, onMessage) } }
 }
 
 /** The CLEARML__ and TRAINS__ variables of an environment. */

@@ -9,12 +9,12 @@
  * Channels are process-wide: a process with several plugin instances sees all their events on the
  * same channels. A subscriber must not throw (Node reports its error as an uncaught exception).
  */
-import diagnosticsChannel from 'node:diagnostics_channel'
+import { channel } from 'node:diagnostics_channel'
 import { performance } from 'node:perf_hooks'
 import { SSO_ERROR_STATUS, SsoError, type SsoErrorCode } from './errors.js'
 import type { CredentialKind } from './session.js'
 
-export const CHANNELS = {
+export const diagnosticsChannels = {
   login: 'fastify-clearml-keycloak:login',
   idpCall: 'fastify-clearml-keycloak:idp-call',
   jwksFetch: 'fastify-clearml-keycloak:jwks-fetch',
@@ -61,10 +61,10 @@ export interface AuthRefusedEvent {
   credential?: CredentialKind
 }
 
-const loginChannel = diagnosticsChannel.channel(CHANNELS.login)
-const idpCallChannel = diagnosticsChannel.channel(CHANNELS.idpCall)
-const jwksFetchChannel = diagnosticsChannel.channel(CHANNELS.jwksFetch)
-const authRefusedChannel = diagnosticsChannel.channel(CHANNELS.authRefused)
+const loginChannel = channel(diagnosticsChannels.login)
+const idpCallChannel = channel(diagnosticsChannels.idpCall)
+const jwksFetchChannel = channel(diagnosticsChannels.jwksFetch)
+const authRefusedChannel = channel(diagnosticsChannels.authRefused)
 
 /** The login of `run`, timed and published; `createdOf` reads from its result whether a user was created. */
 export async function observeLogin<T> (run: () => Promise<T>, createdOf: (result: T) => boolean): Promise<T> {

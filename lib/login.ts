@@ -17,6 +17,18 @@ import {
 
 export const PROVIDER = 'keycloak'
 
+/** The variables that set what the reasons name; looked up once, as reasons are written on every login. */
+const SETTING = {
+  adminRole: settingName('adminRole'),
+  groupsEnabled: settingName('groups.enabled'),
+  groupsAdmins: settingName('groups.admins'),
+  groupsClaim: settingName('groups.claim'),
+  defaultCompany: settingName('defaultCompany'),
+  trustUnverifiedEmail: settingName('trustUnverifiedEmail'),
+  emailClaim: settingName('claims.email'),
+  prohibitSignup: settingName('groups.prohibitUserSignupIfNotInGroup')
+}
+
 export interface LoginResult {
   user: DirectoryUser
   company: Company
@@ -121,9 +133,9 @@ function decideRole (config: LoginConfig, identity: Identity, before: Role | und
   const after = resolveRole(config, identity, start)
   if (!keycloakManagesRole(config, identity)) {
     const byRoles = config.adminRole === null
-      ? `${settingName('adminRole')} is empty`
+      ? `${SETTING.adminRole} is empty`
       : 'the claims carry no roles (roles, realm_access.roles or resource_access.<client>.roles)'
-    const byGroups = !config.groups.enabled ? `group sync is off (${settingName('groups.enabled')})` : `${settingName('groups.admins')} is empty`
+    const byGroups = !config.groups.enabled ? `group sync is off (${SETTING.groupsEnabled})` : `${SETTING.groupsAdmins} is empty`
     const kept = before === undefined ? `a new user gets ${JSON.stringify(after)} (${startSource})` : 'ClearML\'s role is kept'
     return { before, after, rule: `Keycloak does not manage the role: ${byRoles}, and ${byGroups}; ${kept}` }
   }
@@ -131,19 +143,19 @@ function decideRole (config: LoginConfig, identity: Identity, before: Role | und
   const adminGroups = adminGroupsOf(config, identity)
   if (byRole || adminGroups.length > 0) {
     const why = byRole
-      ? `the roles claim lists ${JSON.stringify(config.adminRole)} (${settingName('adminRole')})`
-      : `member of ${listed(adminGroups)}, listed in ${settingName('groups.admins')}`
+      ? `the roles claim lists ${JSON.stringify(config.adminRole)} (${SETTING.adminRole})`
+      : `member of ${listed(adminGroups)}, listed in ${SETTING.groupsAdmins}`
     if (after !== 'admin') return { before, after, rule: `kept ${JSON.stringify(after)}, though ${why}: roles above admin are ClearML's own` }
     return { before, after, rule: `${start === 'admin' ? 'admin' : 'promoted to admin'}: ${why}` }
   }
-  const notAdmin = `neither ${config.adminRole === null ? 'a roles claim' : `the role ${JSON.stringify(config.adminRole)} among the roles`} nor a group of ${settingName('groups.admins')}`
+  const notAdmin = `neither ${config.adminRole === null ? 'a roles claim' : `the role ${JSON.stringify(config.adminRole)} among the roles`} nor a group of ${SETTING.groupsAdmins}`
   if (start === 'admin') return { before, after, rule: `demoted to ${JSON.stringify(after)}: Keycloak manages the role and the user has ${notAdmin}` }
   return { before, after, rule: `kept ${JSON.stringify(after)}: the user has ${notAdmin}, and Keycloak grants or removes only admin` }
 }
 
 function groupSyncReason (config: LoginConfig, company: Company): string {
-  if (!config.groups.enabled) return `group sync is off (${settingName('groups.enabled')})`
-  return `memberships in ${companyName(company)} become the claimed groups (${settingName('groups.claim')}) that exist there`
+  if (!config.groups.enabled) return `group sync is off (${SETTING.groupsEnabled})`
+  return `memberships in ${companyName(company)} become the claimed groups (${SETTING.groupsClaim}) that exist there`
 }
 
 const NO_GROUPS = { add: [], remove: [], unknown: [] }
@@ -158,7 +170,7 @@ async function planSignup (config: LoginConfig, directory: UserDirectory, identi
   const decision = decideSignup(config, target, company, claimed)
   const unknown = company !== null && config.groups.enabled ? unknownGroups(identity.groups, claimed, config.groups.caseSensitive) : []
   const byDefault = config.defaultCompany !== undefined
-  const source = byDefault ? settingName('defaultCompany') : `the whitelist entry for the address or the domain ${domainOf(identity.email ?? '')}`
+  const source = byDefault ? SETTING.defaultCompany : `the whitelist entry for the address or the domain ${domainOf(identity.email ?? '')}`
 
   if (!decision.admit) {
     const reason = signupRefusal(config, identity, decision.code, 'company' in target ? target.company : undefined, company, source, byDefault)
@@ -194,23 +206,23 @@ async function planSignup (config: LoginConfig, directory: UserDirectory, identi
 
 /** The reason of a refused signup, naming what an operator changes to admit the user. */
 function signupRefusal (config: LoginConfig, identity: Identity, code: SsoErrorCode, targetCompany: string | undefined, company: Company | null, source: string, byDefault: boolean): string {
-  const orDefault = `or set ${settingName('defaultCompany')} to admit every new user into one company`
+  const orDefault = `or set ${SETTING.defaultCompany} to admit every new user into one company`
   switch (code) {
     case 'email_not_verified':
       return `Keycloak has not verified this new user's email (domain ${domainOf(identity.email!)}), and the whitelist admits verified emails only: ` +
-        `verify the email in Keycloak, ${orDefault}, or set ${settingName('trustUnverifiedEmail')}=true if the realm's administrators create users without verification`
+        `verify the email in Keycloak, ${orDefault}, or set ${SETTING.trustUnverifiedEmail}=true if the realm's administrators create users without verification`
     case 'not_whitelisted':
       return identity.email === undefined
-        ? `the token has no "${config.claims.email}" claim (${settingName('claims.email')}) to match the whitelist with: send the email from Keycloak, ${orDefault}`
+        ? `the token has no "${config.claims.email}" claim (${SETTING.emailClaim}) to match the whitelist with: send the email from Keycloak, ${orDefault}`
         : `no whitelist entry for the address or the domain ${domainOf(identity.email)}: add one in ClearML, ${orDefault}`
     case 'unknown_company':
       return `${source} names company ${JSON.stringify(targetCompany)}, which the directory does not have: create it, or correct ${byDefault ? 'the setting' : 'the entry'}`
     default: {
       // no_matching_group: the last rule of decideSignup.
       const groups = identity.groups.length === 0
-        ? `the user has no Keycloak groups in the "${config.groups.claim}" claim (${settingName('groups.claim')}; is the Group Membership mapper on the client?)`
+        ? `the user has no Keycloak groups in the "${config.groups.claim}" claim (${SETTING.groupsClaim}; is the Group Membership mapper on the client?)`
         : `none of the user's Keycloak groups ${listed(identity.groups)} is a ClearML group of ${companyName(company!)}`
-      return `${settingName('groups.prohibitUserSignupIfNotInGroup')} is on and ${groups}: add the user to a matching group in Keycloak, create one of those groups in ClearML, or turn the setting off`
+      return `${SETTING.prohibitSignup} is on and ${groups}: add the user to a matching group in Keycloak, create one of those groups in ClearML, or turn the setting off`
     }
   }
 }

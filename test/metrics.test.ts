@@ -6,14 +6,14 @@
  * carries a token, a code, a secret or an address.
  */
 import t, { type Test } from 'tap'
-import diagnosticsChannel from 'node:diagnostics_channel'
+import { hasSubscribers, subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { buildApiserver, seededDirectory } from '../examples/apiserver.js'
 import { DEMO_CLIENT, DEMO_USERS, demoEnvironment } from '../examples/demo/server.js'
 import { freePort } from '../examples/free-port.js'
 import { startKeycloakLikeIdp } from '../examples/idp/keycloak-like-idp.js'
 import { SsoError } from '../index.js'
-import { CHANNELS, observeLogin, publishAuthRefused, type LoginEvent } from '../lib/diagnostics.js'
+import { diagnosticsChannels, observeLogin, publishAuthRefused, type LoginEvent } from '../lib/diagnostics.js'
 import { callJson } from '../lib/http.js'
 import { RemoteKeySet } from '../lib/keys.js'
 import { fetchUserinfo } from '../lib/oidc-client.js'
@@ -40,11 +40,11 @@ type Events = Record<string, unknown[]>
 /** Every event of every channel while the test runs. */
 function record (t: Test): Events {
   const events: Events = {}
-  for (const name of Object.values(CHANNELS)) {
+  for (const name of Object.values(diagnosticsChannels)) {
     events[name] = []
     const onMessage = (message: unknown): void => { events[name].push(message) }
-    diagnosticsChannel.subscribe(name, onMessage)
-    t.teardown(() => { diagnosticsChannel.unsubscribe(name, onMessage) })
+    subscribe(name, onMessage)
+    t.teardown(() => { unsubscribe(name, onMessage) })
   }
   return events
 }
@@ -113,11 +113,11 @@ t.test('the example apiserver\'s /metrics after logins, a refusal, a key rotatio
   for (const [name, labels, by] of rows) t.equal(moved(name, labels), by, `${name}${JSON.stringify(labels)} +${by}`)
   t.ok(valueOf(after.samples, 'clearml_sso_login_duration_seconds_sum', { outcome: 'ok' }) > 0, 'login durations are measured')
 
-  t.match(events[CHANNELS.login][0], { outcome: 'ok', created: true, durationMs: Number })
-  t.same(Object.keys(events[CHANNELS.login][3] as object).sort(), ['code', 'durationMs', 'outcome'], 'a refusal: outcome, code, duration')
-  t.match(events[CHANNELS.idpCall][0], { endpoint: 'discovery', status: 200, durationMs: Number })
-  t.same(events[CHANNELS.jwksFetch], [{ reason: 'initial' }, { reason: 'unknown_kid' }])
-  t.same(events[CHANNELS.authRefused], [{ code: 'invalid_token' }, { code: 'invalid_token', credential: 'session' }])
+  t.match(events[diagnosticsChannels.login][0], { outcome: 'ok', created: true, durationMs: Number })
+  t.same(Object.keys(events[diagnosticsChannels.login][3] as object).sort(), ['code', 'durationMs', 'outcome'], 'a refusal: outcome, code, duration')
+  t.match(events[diagnosticsChannels.idpCall][0], { endpoint: 'discovery', status: 200, durationMs: Number })
+  t.same(events[diagnosticsChannels.jwksFetch], [{ reason: 'initial' }, { reason: 'unknown_kid' }])
+  t.same(events[diagnosticsChannels.authRefused], [{ code: 'invalid_token' }, { code: 'invalid_token', credential: 'session' }])
 
   const seen = JSON.stringify(events) + after.text
   t.equal(codes.length, 5, 'five authorization codes went by')
@@ -132,13 +132,13 @@ t.test('events of a failing Keycloak, of the userinfo endpoint and of a stale ke
   t.teardown(idp.close)
 
   await t.rejects(fetchUserinfo({ endpoint: `${idp.issuer}/protocol/openid-connect/userinfo`, accessToken: 'not-a-token', timeoutMs: 5000 }), { code: 'invalid_token' })
-  t.match(events[CHANNELS.idpCall].at(-1), { endpoint: 'userinfo', status: 401 })
+  t.match(events[diagnosticsChannels.idpCall].at(-1), { endpoint: 'userinfo', status: 401 })
 
   await t.rejects(callJson('http://127.0.0.1:1/token', { what: 'token endpoint', timeoutMs: 2000 }), { code: 'idp_unavailable', message: /could not be reached at http:\/\/127\.0\.0\.1:1\/token/ })
-  t.match(events[CHANNELS.idpCall].at(-1), { endpoint: 'token', status: 0 }, 'no answer: status 0')
-  const count = events[CHANNELS.idpCall].length
+  t.match(events[diagnosticsChannels.idpCall].at(-1), { endpoint: 'token', status: 0 }, 'no answer: status 0')
+  const count = events[diagnosticsChannels.idpCall].length
   await t.rejects(callJson('not a url', { what: 'a probe of the doctor', timeoutMs: 2000 }), { message: /could not be reached at a malformed URL/ })
-  t.equal(events[CHANNELS.idpCall].length, count, 'calls that are not one of the four endpoints are not published')
+  t.equal(events[diagnosticsChannels.idpCall].length, count, 'calls that are not one of the four endpoints are not published')
 
   const certs = `${idp.issuer}/protocol/openid-connect/certs`
   const { keys } = await (await fetch(certs)).json() as { keys: Array<{ kid: string }> }
@@ -147,7 +147,7 @@ t.test('events of a failing Keycloak, of the userinfo endpoint and of a stale ke
   await keySet.getKey(header, { payload: '', signature: '' } as never)
   await sleep(5)
   await keySet.getKey(header, { payload: '', signature: '' } as never)
-  t.same(events[CHANNELS.jwksFetch], [{ reason: 'initial' }, { reason: 'max_age' }], 'a key set older than its maximum age is fetched again')
+  t.same(events[diagnosticsChannels.jwksFetch], [{ reason: 'initial' }, { reason: 'max_age' }], 'a key set older than its maximum age is fetched again')
 })
 
 t.test('login outcomes: ok, refused (4xx codes), failed (5xx codes and bugs)', async (t) => {
@@ -156,18 +156,18 @@ t.test('login outcomes: ok, refused (4xx codes), failed (5xx codes and bugs)', a
   await t.rejects(observeLogin(async () => { throw new SsoError('no_matching_group') }, () => true))
   await t.rejects(observeLogin(async () => { throw new SsoError('directory_error') }, () => true))
   await t.rejects(observeLogin(async () => { throw new TypeError('a bug') }, () => true), TypeError, 'the error passes through unchanged')
-  t.match(events[CHANNELS.login], [
+  t.match(events[diagnosticsChannels.login], [
     { outcome: 'ok', created: false },
     { outcome: 'refused', code: 'no_matching_group' },
     { outcome: 'failed', code: 'directory_error' },
     { outcome: 'failed', code: 'internal_error' }
   ] satisfies Array<Partial<LoginEvent>>)
   publishAuthRefused('admin_required', 'keycloak')
-  t.same(events[CHANNELS.authRefused], [{ code: 'admin_required', credential: 'keycloak' }])
+  t.same(events[diagnosticsChannels.authRefused], [{ code: 'admin_required', credential: 'keycloak' }])
 })
 
 t.test('without subscribers nothing is published, and everything still works', async (t) => {
-  for (const name of Object.values(CHANNELS)) t.notOk(diagnosticsChannel.hasSubscribers(name), `${name}: nobody listens`)
+  for (const name of Object.values(diagnosticsChannels)) t.notOk(hasSubscribers(name), `${name}: nobody listens`)
   t.same(await observeLogin(async () => ({ created: true }), () => { throw new Error('not read without subscribers') }), { created: true })
   publishAuthRefused('invalid_token')
 })
