@@ -214,7 +214,7 @@ function signupRefusal (config: LoginConfig, identity: Identity, code: SsoErrorC
     case 'not_whitelisted':
       return identity.email === undefined
         ? `the token has no "${config.claims.email}" claim (${SETTING.emailClaim}) to match the whitelist with: send the email from Keycloak, ${orDefault}`
-        : `no whitelist entry for the address or the domain ${domainOf(identity.email)}: add one in ClearML, ${orDefault}`
+        : `no whitelist entry for the address or the domain ${domainOf(identity.email)}: add one to the whitelist, ${orDefault}`
     case 'unknown_company':
       return `${source} names company ${JSON.stringify(targetCompany)}, which the directory does not have: create it, or correct ${byDefault ? 'the setting' : 'the entry'}`
     default: {

@@ -47,7 +47,7 @@ t.test('refusals of the signup rules name the domain, the company, the groups an
   const stack = await stackFor(t)
   const mallory = await reachCallback(stack, 'mallory')
   await refusedOnce(t, stack.logs, 'not_whitelisted',
-    new RegExp(`^no whitelist entry for the address or the domain "evil\\.example": add one in ClearML, or set ${VARIABLE('default_company')}`),
+    new RegExp(`^no whitelist entry for the address or the domain "evil\\.example": add one to the whitelist, or set ${VARIABLE('default_company')}`),
     async () => await mallory.agent.request(mallory.callbackUrl), ['mallory@evil.example', mallory.code])
   const eve = await reachCallback(stack, 'eve')
   await refusedOnce(t, stack.logs, 'email_not_verified',
