@@ -110,9 +110,9 @@ function domainOf (email: string): string {
   return JSON.stringify(email.slice(email.lastIndexOf('@') + 1))
 }
 
-/** Names for a reason: quoted, and at most a few of them. */
+/** Names for a reason: quoted, at most a few of them, each bounded. */
 function listed (names: readonly string[], max = 8): string {
-  const shown = names.slice(0, max).map((name) => JSON.stringify(name)).join(', ')
+  const shown = names.slice(0, max).map((name) => JSON.stringify(name.slice(0, 100))).join(', ')
   return names.length > max ? `${shown} and ${names.length - max} more` : shown
 }
 

@@ -262,7 +262,7 @@ export class KeycloakSso {
         token = await this.#issueToken(result.user, { company: result.company, identity, sessionId, expiresAt, sid })
       } catch (err) {
         // The host's session store is part of the host's side, like its directory.
-        throw new SsoError('directory_error', 'the host\'s issueToken failed (its error is the cause)', { cause: err })
+        throw new SsoError('directory_error', 'the host\'s issueToken threw: check the host\'s session store', { cause: err })
       }
       return { token, sessionId, expiresAt }
     }
@@ -275,7 +275,10 @@ export class KeycloakSso {
 
   /** Steps 4–9 for claims already verified, or an `Identity` the host built. Published on the `login` channel. */
   async login (input: Claims | Identity): Promise<LoginResult> {
-    return await observeLogin(async () => await runLogin(this.config, this.#directory, looksLikeIdentity(input) ? input : this.mapClaims(input)), (result) => result.created)
+    return await observeLogin(async () => {
+      const identity = looksLikeIdentity(input) ? input : this.mapClaims(input)
+      return await runLogin(this.config, this.#directory, identity)
+    }, (result) => result.created)
   }
 
   /** A Keycloak access token issued to this client, verified; its claims. */
