@@ -1,11 +1,14 @@
 /**
- * An example apiserver: the plugin plus the few pages a person sees (log in, who am I, log out).
+ * An example apiserver: the plugin plus the few pages a person sees (log in, who am I, log out), the
+ * admin-only explain route, and the plugin's events as Prometheus metrics at `/metrics`.
  * The demo runs it against the embedded provider; `examples/replicas/apiserver.ts` runs it with Redis
  * and PostgreSQL behind a proxy, as in `examples/keycloak/`. Its configuration is only ever the
  * CLEARML__ environment.
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import Fastify, { LogController, type FastifyInstance } from 'fastify'
-import clearmlKeycloak, { MemoryDirectory, redactPaths } from '../index.js'
+import { Counter, Histogram, Registry } from 'prom-client'
+import clearmlKeycloak, { diagnosticsChannels, MemoryDirectory, redactPaths, type AuthRefusedEvent, type IdpCallEvent, type JwksFetchEvent, type LoginEvent } from '../index.js'
 import { escapeHtml, page } from './demo/page.js'
 
 /** The demo company: ClearML groups ml-team and data-science, and a whitelist for acme.example. */
@@ -25,7 +28,11 @@ export async function buildApiserver (options: { env: Record<string, string | un
     logger: options.logger === false ? false : { level: 'info', redact: redactPaths },
     logController: new LogController({ disableRequestLogging: process.env.DEMO_REQUEST_LOGS !== '1' })
   })
-  await app.register(clearmlKeycloak, { directory, webappUrl: options.webappUrl, env: options.env })
+  await app.register(clearmlKeycloak, { directory, webappUrl: options.webappUrl, env: options.env, routes: { explain: true } })
+
+  const metrics = prometheusMetrics()
+  app.addHook('onClose', async () => { metrics.close() })
+  app.get('/metrics', async (request, reply) => await reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()))
 
   app.get('/', async (request, reply) => {
     const session = await app.keycloak.sessionOf(request)
@@ -58,6 +65,54 @@ export async function buildApiserver (options: { env: Record<string, string | un
     data: { user: { ...request.clearmlIdentity, groups: directory.groupsOf(request.clearmlIdentity!.user) } }
   }))
   return app
+}
+
+const SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+/**
+ * The plugin's `node:diagnostics_channel` events (README, "Metrics") as Prometheus metrics, in a
+ * registry of their own; prom-client is the example's dependency, not the plugin's. The channels are
+ * process-wide: every plugin instance in the process is counted. `close()` unsubscribes.
+ */
+export function prometheusMetrics (): { registry: Registry, close: () => void } {
+  const registry = new Registry()
+  const registers = [registry]
+  const logins = new Counter({
+    name: 'clearml_sso_logins_total',
+    help: 'Keycloak logins by outcome (ok, refused, failed), refusal code, and whether a ClearML user was created',
+    labelNames: ['outcome', 'code', 'created'] as const,
+    registers
+  })
+  const loginSeconds = new Histogram({ name: 'clearml_sso_login_duration_seconds', help: 'Duration of a login, callback to session', labelNames: ['outcome'] as const, buckets: SECONDS, registers })
+  const idpRequests = new Counter({ name: 'clearml_sso_idp_requests_total', help: 'HTTP calls to Keycloak by endpoint and status (0: no answer)', labelNames: ['endpoint', 'status'] as const, registers })
+  const idpSeconds = new Histogram({ name: 'clearml_sso_idp_request_duration_seconds', help: 'Duration of a call to Keycloak', labelNames: ['endpoint'] as const, buckets: SECONDS, registers })
+  const jwksFetches = new Counter({ name: 'clearml_sso_jwks_fetches_total', help: 'Key-set fetches by reason (initial, max_age, unknown_kid: a key rotation)', labelNames: ['reason'] as const, registers })
+  const refusals = new Counter({
+    name: 'clearml_sso_auth_refused_total',
+    help: 'Requests authenticate refused, by code and the credential presented (none, session, keycloak)',
+    labelNames: ['code', 'credential'] as const,
+    registers
+  })
+
+  const subscriptions: Array<[string, (message: unknown) => void]> = [
+    [diagnosticsChannels.login, (message) => {
+      const { outcome, code, created, durationMs } = message as LoginEvent
+      logins.inc({ outcome, ...(code === undefined ? {} : { code }), ...(created === undefined ? {} : { created: String(created) }) })
+      loginSeconds.observe({ outcome }, durationMs / 1000)
+    }],
+    [diagnosticsChannels.idpCall, (message) => {
+      const { endpoint, status, durationMs } = message as IdpCallEvent
+      idpRequests.inc({ endpoint, status })
+      idpSeconds.observe({ endpoint }, durationMs / 1000)
+    }],
+    [diagnosticsChannels.jwksFetch, (message) => { jwksFetches.inc({ reason: (message as JwksFetchEvent).reason }) }],
+    [diagnosticsChannels.authRefused, (message) => {
+      const { code, credential } = message as AuthRefusedEvent
+      refusals.inc({ code, credential: credential ?? 'none' })
+    }]
+  ]
+  for (const [name, onMessage] of subscriptions) subscribe(name, onMessage)
+  return { registry, close: () => { for (const [name, onMessage] of subscriptions) unsubscribe(name, onMessage) } }
 }
 
 /** The CLEARML__ and TRAINS__ variables of an environment. */

@@ -6,7 +6,7 @@
  * A discovery document naming another issuer is refused outright: it is a misconfiguration.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import { issuerOf, type KeycloakConfig } from './config.js'
+import { issuerOf, settingName, type KeycloakConfig } from './config.js'
 import { SsoError } from './errors.js'
 import { callJson, isJsonObject } from './http.js'
 
@@ -68,13 +68,13 @@ export class ProviderEndpoints {
     try {
       const answer = await callJson(url, { timeoutMs: this.#config.httpTimeoutMs, what: 'discovery', headers: { accept: 'application/json' } })
       if (answer.status !== 200 || !isJsonObject(answer.body)) {
-        throw new SsoError('idp_unavailable', `discovery answered HTTP ${answer.status}${isJsonObject(answer.body) ? '' : ' without a JSON document'}`)
+        throw new SsoError('idp_unavailable', `discovery answered HTTP ${answer.status}${isJsonObject(answer.body) ? '' : ' without a JSON document'} at ${url}: is ${settingName('baseUrl')} the realm URL (https://<host>/realms/<realm>, /auth/realms/<realm> before Keycloak 17)?`)
       }
       const document = answer.body
       if (document.issuer !== this.issuer) {
         // A realm that calls itself by another name would make every token fail the issuer check;
         // say so once, clearly, instead.
-        throw new SsoError('idp_unavailable', `discovery issuer ${JSON.stringify(document.issuer)} is not base_url ${JSON.stringify(this.issuer)}`)
+        throw new SsoError('idp_unavailable', `discovery issuer ${JSON.stringify(document.issuer)} is not base_url ${JSON.stringify(this.issuer)}: set ${settingName('baseUrl')} to the issuer the realm announces (Keycloak's frontend URL)`)
       }
       this.#discovered = {
         authorization_endpoint: pick(document, 'authorization_endpoint'),

@@ -15,6 +15,8 @@ export const SSO_ERROR_STATUS = {
   email_not_verified: 403,
   unknown_company: 403,
   no_matching_group: 403,
+  // Not in SPEC's list: a non-admin session asking login.sso_explain.
+  admin_required: 403,
   bad_request: 400,
   idp_unavailable: 502,
   directory_error: 503,

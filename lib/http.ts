@@ -7,6 +7,8 @@
  */
 import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http'
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
+import { settingName } from './config.js'
+import { observeIdpCall } from './diagnostics.js'
 import { SsoError } from './errors.js'
 
 export const MAX_RESPONSE_BYTES = 1024 * 1024
@@ -72,8 +74,22 @@ async function readCapped (response: IncomingMessage, what: string): Promise<str
   return Buffer.concat(chunks).toString('utf8')
 }
 
-/** Calls `url` and parses a JSON answer. */
+/** Calls `url` and parses a JSON answer; the call is published on the `idp-call` channel. */
 export async function callJson (url: string, options: CallOptions): Promise<HttpAnswer> {
+  return await observeIdpCall(options.what, async () => await callJsonUnobserved(url, options))
+}
+
+/** Where a call went, for messages: origin and path, never the query (it may hold a code). */
+function whereTo (url: string): string {
+  try {
+    const { origin, pathname } = new URL(url)
+    return origin + pathname
+  } catch {
+    return 'a malformed URL'
+  }
+}
+
+async function callJsonUnobserved (url: string, options: CallOptions): Promise<HttpAnswer> {
   let response: IncomingMessage
   let text: string
   try {
@@ -81,7 +97,9 @@ export async function callJson (url: string, options: CallOptions): Promise<Http
     text = await readCapped(response, options.what)
   } catch (err) {
     if (err instanceof SsoError) throw err
-    const reason = (err as Error).name === 'AbortError' ? `timed out after ${options.timeoutMs} ms` : 'could not be reached'
+    const reason = (err as Error).name === 'AbortError'
+      ? `timed out after ${options.timeoutMs} ms at ${whereTo(url)}: Keycloak is slow or overloaded (${settingName('httpTimeoutMs')} sets the limit)`
+      : `could not be reached at ${whereTo(url)}: check that this server resolves and reaches that address (DNS, proxy, firewall, TLS)`
     throw new SsoError('idp_unavailable', `${options.what} ${reason}`, { cause: err })
   }
   const contentType = response.headers['content-type'] ?? ''

@@ -2,7 +2,7 @@
  * Keycloak claims → `Identity` (SPEC section 5 step 4). Pure: the claims come already verified.
  */
 import { SsoError } from './errors.js'
-import type { KeycloakConfig } from './config.js'
+import { settingName, type KeycloakConfig } from './config.js'
 
 export interface Identity {
   subject: string
@@ -65,7 +65,9 @@ function rolesOf (claims: Claims, clientId: string): { roles: string[], present:
 export function mapClaims (config: Pick<KeycloakConfig, 'claims' | 'groups' | 'clientId'>, claims: Claims): Identity {
   const { claims: paths } = config
   const subject = text(claimAt(claims, paths.userId))
-  if (subject === undefined) throw new SsoError('missing_claim', `the token has no "${paths.userId}" claim (claims.user_id)`)
+  if (subject === undefined) {
+    throw new SsoError('missing_claim', `the token has no "${paths.userId}" claim, which ${settingName('claims.userId')} names as the user id: add a mapper for it to the client in Keycloak, or set the setting to a claim Keycloak sends (default "sub")`)
+  }
   const email = text(claimAt(claims, paths.email))
   const username = text(claimAt(claims, paths.username))
   const { roles, present } = rolesOf(claims, config.clientId)

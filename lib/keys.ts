@@ -12,7 +12,9 @@
  * cooldown is their own, so a forged token can never hold off the reload a login needs.
  */
 import { createLocalJWKSet, errors, type JWTVerifyGetKey } from 'jose'
+import { publishJwksFetch, type JwksFetchReason } from './diagnostics.js'
 import { SsoError } from './errors.js'
+import { settingName } from './config.js'
 import { callJson, isJsonObject } from './http.js'
 
 export interface KeySetOptions {
@@ -41,18 +43,19 @@ export class RemoteKeySet {
     this.#options = { cooldownMs: 30_000, maxAgeMs: 10 * 60_000, ...options }
   }
 
-  #reload (): Promise<void> {
+  #reload (reason: JwksFetchReason): Promise<void> {
     this.#inFlight ??= (async () => {
       this.fetches++
+      publishJwksFetch(reason)
       const url = await this.#options.url()
       const answer = await callJson(url, { timeoutMs: this.#options.timeoutMs, what: 'key set (jwks)', headers: { accept: 'application/json' } })
       if (answer.status !== 200 || !isJsonObject(answer.body) || !Array.isArray(answer.body.keys)) {
-        throw new SsoError('idp_unavailable', `key set (jwks) answered HTTP ${answer.status} without a key set`)
+        throw new SsoError('idp_unavailable', `key set (jwks) answered HTTP ${answer.status} without a key set at ${url}: is ${settingName('jwksUrl')} (or discovery's jwks_uri) this realm's certs endpoint?`)
       }
       try {
         this.#local = createLocalJWKSet(answer.body as unknown as Parameters<typeof createLocalJWKSet>[0])
       } catch (err) {
-        throw new SsoError('idp_unavailable', 'key set (jwks) is malformed', { cause: err })
+        throw new SsoError('idp_unavailable', `key set (jwks) at ${url} is malformed: is ${settingName('jwksUrl')} (or discovery's jwks_uri) this realm's certs endpoint?`, { cause: err })
       }
       this.#generation++
       this.#fetchedAt = Date.now()
@@ -61,7 +64,7 @@ export class RemoteKeySet {
   }
 
   async #resolve (header: Parameters<JWTVerifyGetKey>[0], token: Parameters<JWTVerifyGetKey>[1], trusted: boolean): Promise<Awaited<ReturnType<JWTVerifyGetKey>>> {
-    if (this.#local === undefined || Date.now() - this.#fetchedAt > this.#options.maxAgeMs) await this.#reload()
+    if (this.#local === undefined || Date.now() - this.#fetchedAt > this.#options.maxAgeMs) await this.#reload(this.#local === undefined ? 'initial' : 'max_age')
     const generation = this.#generation
     try {
       return await this.#local!(header, token)
@@ -76,7 +79,7 @@ export class RemoteKeySet {
           if (Date.now() - this.#lastUntrustedForcedAt < this.#options.cooldownMs) throw err
           this.#lastUntrustedForcedAt = Date.now()
         }
-        await this.#reload()
+        await this.#reload('unknown_kid')
       }
       return await this.#local!(header, token)
     }

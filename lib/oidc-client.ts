@@ -2,6 +2,7 @@
  * The two calls the login makes to Keycloak on the back channel: the authorization-code exchange
  * (RFC 6749 4.1.3 with PKCE, RFC 7636) and, when configured, the userinfo request.
  */
+import { settingName } from './config.js'
 import { SsoError } from './errors.js'
 import { callJson, isJsonObject } from './http.js'
 
@@ -19,6 +20,24 @@ export function basicAuthorization (clientId: string, clientSecret: string): str
 /** An OAuth `error` value for the log: kept only when it looks like an OAuth error code. */
 export function loggableOAuthError (error: unknown): string {
   return typeof error === 'string' && /^[a-z_]{1,64}$/.test(error) ? error : '(absent or malformed)'
+}
+
+/** What an OAuth error from Keycloak usually means here, and what to change (RFC 6749 4.1.2.1, 5.2). */
+const OAUTH_ERROR_HINTS: Readonly<Record<string, string>> = {
+  access_denied: 'the user cancelled at Keycloak, or Keycloak denied them this client',
+  invalid_scope: `the client lacks a scope this server asks for: add it to the client's client scopes in Keycloak, or remove it from ${settingName('scope')}`,
+  unauthorized_client: 'the client may not use the authorization code flow: turn on "Standard flow" for the client in Keycloak',
+  invalid_client: `Keycloak does not accept the client's credentials: compare ${settingName('clientId')} and ${settingName('clientSecret')} with the client's Credentials tab (Client authentication on)`,
+  invalid_grant: 'the code expired or was already used, or was issued for another redirect_uri or client: a slow or replayed login; the user logs in again',
+  server_error: 'Keycloak failed: see its log',
+  temporarily_unavailable: 'Keycloak is overloaded or restarting'
+}
+
+/** An OAuth error for the log, with its usual cause and fix when it has a known one. */
+export function describeOAuthError (error: unknown): string {
+  const code = loggableOAuthError(error)
+  const hint = Object.hasOwn(OAUTH_ERROR_HINTS, code) ? OAUTH_ERROR_HINTS[code] : undefined
+  return hint === undefined ? code : `${code} (${hint})`
 }
 
 export async function exchangeCode (options: {
@@ -47,8 +66,8 @@ export async function exchangeCode (options: {
     }).toString()
   })
   if (answer.status >= 500) throw new SsoError('idp_unavailable', `token endpoint answered HTTP ${answer.status}`)
-  if (answer.status !== 200) throw new SsoError('token_exchange_failed', `token endpoint refused the code: HTTP ${answer.status}, error ${loggableOAuthError(isJsonObject(answer.body) ? answer.body.error : undefined)}`)
-  if (!isJsonObject(answer.body)) throw new SsoError('token_exchange_failed', 'token endpoint answered without a JSON token set')
+  if (answer.status !== 200) throw new SsoError('token_exchange_failed', `token endpoint refused the code: HTTP ${answer.status}, error ${describeOAuthError(isJsonObject(answer.body) ? answer.body.error : undefined)}`)
+  if (!isJsonObject(answer.body)) throw new SsoError('token_exchange_failed', `token endpoint answered without a JSON token set: is ${settingName('accessTokenUrl')} (or discovery's token_endpoint) Keycloak's token endpoint?`)
   const { id_token: idToken, access_token: accessToken, token_type: tokenType } = answer.body
   if (typeof idToken !== 'string' || typeof accessToken !== 'string') {
     throw new SsoError('token_exchange_failed', 'token endpoint answered without an id_token and an access_token (is "openid" in the scope?)')
@@ -67,7 +86,7 @@ export async function fetchUserinfo (options: { endpoint: string, accessToken: s
   })
   if (answer.status >= 500) throw new SsoError('idp_unavailable', `userinfo endpoint answered HTTP ${answer.status}`)
   if (answer.status !== 200 || !isJsonObject(answer.body)) {
-    throw new SsoError('invalid_token', `userinfo endpoint refused the access token: HTTP ${answer.status}`)
+    throw new SsoError('invalid_token', `userinfo endpoint refused the access token: HTTP ${answer.status}; is ${settingName('userinfoUrl')} (or discovery's userinfo_endpoint) this realm's userinfo endpoint?`)
   }
   return answer.body
 }

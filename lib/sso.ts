@@ -5,8 +5,9 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { JWTPayload } from 'jose'
-import type { KeycloakConfig } from './config.js'
+import { settingName, type KeycloakConfig } from './config.js'
 import type { Company, DirectoryUser, UserDirectory } from './directory.js'
+import { observeLogin } from './diagnostics.js'
 import { ProviderEndpoints } from './discovery.js'
 import { SsoError } from './errors.js'
 import { mapClaims, type Claims, type Identity } from './identity.js'
@@ -14,7 +15,7 @@ import { RemoteKeySet } from './keys.js'
 import { PROVIDER, runLogin, type LoginResult } from './login.js'
 import type { BearerUser } from './bearer.js'
 import { ID_TOKEN_COOKIE } from './cookies.js'
-import { exchangeCode, fetchUserinfo, loggableOAuthError } from './oidc-client.js'
+import { describeOAuthError, exchangeCode, fetchUserinfo } from './oidc-client.js'
 import { pkceChallenge, randomToken, timingSafeEqualText } from './crypto.js'
 import { MemoryRevocationStore, OnceClaims, type RevocationStore } from './revocations.js'
 import { Sealer } from './sealed.js'
@@ -83,7 +84,7 @@ export const MAX_ID_TOKEN_COOKIE_BYTES = 3072
 const ID_TOKEN_REFERENCE = 'ref.'
 const idTokenKey = (reference: string): string => `id-token:${reference}`
 
-function looksLikeIdentity (value: Claims | Identity): value is Identity {
+export function looksLikeIdentity (value: Claims | Identity): value is Identity {
   return typeof value.subject === 'string' && Array.isArray(value.groups) && Array.isArray(value.roles) && typeof value.emailVerified === 'boolean'
 }
 
@@ -163,21 +164,25 @@ export class KeycloakSso {
     return { url: url.href, cookieName, cookieValue: await this.#transactions.seal(transaction, cookieName) }
   }
 
-  /** Steps 1–10 for one callback; `cookies` are the browser's, where its transaction is. */
+  /** Steps 1–10 for one callback; `cookies` are the browser's, where its transaction is. Published on the `login` channel. */
   async completeLogin (params: CallbackParams, cookies: CookieJar): Promise<CompletedLogin> {
+    return await observeLogin(async () => await this.#completeLogin(params, cookies), (login) => login.result.created)
+  }
+
+  async #completeLogin (params: CallbackParams, cookies: CookieJar): Promise<CompletedLogin> {
     const { state, code, iss, error } = params
     if (typeof state !== 'string' || state === '') {
-      if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${loggableOAuthError(error)}`)
-      throw new SsoError('invalid_state', 'the callback has no state')
+      if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${describeOAuthError(error)}`)
+      throw new SsoError('invalid_state', 'the callback has no state: it did not come from a login this server started (a bookmarked or hand-made callback URL)')
     }
     // 1. Transaction
     const transaction = await this.#transactions.consume(cookies, state)
-    if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${loggableOAuthError(error)}`)
+    if (typeof error === 'string') throw new SsoError('idp_error', `Keycloak answered error ${describeOAuthError(error)}`)
     if (iss !== undefined && !timingSafeEqualText(iss, this.endpoints.issuer)) {
       // RFC 9207: a response naming another issuer is a mix-up attack, or a misconfiguration.
-      throw new SsoError('invalid_state', 'the callback\'s iss parameter is not the configured issuer')
+      throw new SsoError('invalid_state', `the callback's iss parameter is not ${settingName('baseUrl')} (${this.endpoints.issuer}): if every login fails so, set it to the issuer Keycloak announces (its frontend URL); otherwise a response from another provider was refused`)
     }
-    if (typeof code !== 'string' || code === '') throw new SsoError('invalid_state', 'the callback has no code')
+    if (typeof code !== 'string' || code === '') throw new SsoError('invalid_state', 'the callback has neither a code nor an error: it was not sent by Keycloak as a login answer')
 
     // 2. Code exchange
     const endpoints = await this.endpoints.get()
@@ -199,7 +204,7 @@ export class KeycloakSso {
       infoClaims = await verifyAccessToken(tokens.accessToken, { ...options, subject: idClaims.sub })
     } else {
       infoClaims = await fetchUserinfo({ endpoint: endpoints.userinfo!, accessToken: tokens.accessToken, timeoutMs: this.config.httpTimeoutMs })
-      if (infoClaims.sub !== idClaims.sub) throw new SsoError('userinfo_mismatch', 'userinfo sub differs from the ID token\'s')
+      if (infoClaims.sub !== idClaims.sub) throw new SsoError('userinfo_mismatch', userinfoMismatch())
     }
 
     // 4–9. Identity, user, signup, role, groups, profile. The chosen source wins over the ID token,
@@ -262,7 +267,7 @@ export class KeycloakSso {
         token = await this.#issueToken(result.user, { company: result.company, identity, sessionId, expiresAt, sid })
       } catch (err) {
         // The host's session store is part of the host's side, like its directory.
-        throw new SsoError('directory_error', 'issueToken failed', { cause: err })
+        throw new SsoError('directory_error', 'the host\'s issueToken threw: check the host\'s session store', { cause: err })
       }
       return { token, sessionId, expiresAt }
     }
@@ -273,10 +278,12 @@ export class KeycloakSso {
     return mapClaims(this.config, claims)
   }
 
-  /** Steps 4–9 for claims already verified, or an `Identity` the host built. */
+  /** Steps 4–9 for claims already verified, or an `Identity` the host built. Published on the `login` channel. */
   async login (input: Claims | Identity): Promise<LoginResult> {
-    const identity = looksLikeIdentity(input) ? input : this.mapClaims(input)
-    return await runLogin(this.config, this.#directory, identity)
+    return await observeLogin(async () => {
+      const identity = looksLikeIdentity(input) ? input : this.mapClaims(input)
+      return await runLogin(this.config, this.#directory, identity)
+    }, (result) => result.created)
   }
 
   /**
@@ -349,6 +356,11 @@ export class KeycloakSso {
     url.searchParams.set('post_logout_redirect_uri', postLogoutRedirectUri)
     return { redirectUrl: url.href }
   }
+}
+
+/** Why a userinfo answer about someone else is refused, and what to check. */
+export function userinfoMismatch (): string {
+  return `userinfo's sub differs from the token's: ${settingName('userinfoUrl')} (or discovery's userinfo_endpoint) must be this realm's userinfo endpoint`
 }
 
 /** ID-token claims that describe the token, not the user, and must not shadow user claims. */

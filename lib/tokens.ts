@@ -3,6 +3,7 @@
  * `invalid_token` whose message names the check, never the token.
  */
 import { errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey, type JWTVerifyOptions } from 'jose'
+import { settingName } from './config.js'
 import { SsoError } from './errors.js'
 import { timingSafeEqualText } from './crypto.js'
 
@@ -28,12 +29,15 @@ async function verify (token: string, what: string, options: VerifyOptions, audi
   } catch (err) {
     if (err instanceof SsoError) throw err
     const { code } = err as errors.JOSEError
-    const claim = err instanceof errors.JWTClaimValidationFailed ? ` (${err.claim})` : ''
-    throw new SsoError('invalid_token', `${what} rejected: ${code}${claim}`, { cause: err })
+    const failed = err instanceof errors.JWTClaimValidationFailed || err instanceof errors.JWTExpired ? err : undefined
+    const claim = failed === undefined ? '' : ` (${failed.claim})`
+    throw new SsoError('invalid_token', `${what} rejected: ${code}${claim}: ${checkHint(err as errors.JOSEError, failed, options)}`, { cause: err })
   }
   // jose checks `iat` against the clock only when asked for a maximum age; a token "issued" in the
   // future is either forged ahead of time or from a provider whose clock is off: refused either way.
-  if (typeof claims.iat === 'number' && claims.iat > Date.now() / 1000 + options.clockToleranceSec) reject(what, 'iat is in the future')
+  if (typeof claims.iat === 'number' && claims.iat > Date.now() / 1000 + options.clockToleranceSec) {
+    reject(what, `iat is in the future: it is dated in the future: compare this server's clock with Keycloak's (${settingName('clockToleranceSec')} allows ${options.clockToleranceSec} s)`)
+  }
   return claims
 }
 
@@ -55,6 +59,29 @@ async function verifySignatureAndClaims (token: string, getKey: JWTVerifyGetKey,
   }
 }
 
+/**
+ * What a failed check usually means and which setting to look at. A token's own claims are quoted
+ * only for `iss`, a URL that says which realm signed it (never a secret), and bounded.
+ */
+function checkHint (err: errors.JOSEError, failed: errors.JWTClaimValidationFailed | errors.JWTExpired | undefined, options: VerifyOptions): string {
+  const clock = `compare this server's clock with Keycloak's (${settingName('clockToleranceSec')} allows ${options.clockToleranceSec} s)`
+  if (failed !== undefined) {
+    if (failed.reason === 'missing') return `it has no "${failed.claim}" claim`
+    switch (failed.claim) {
+      case 'iss': return `its issuer ${JSON.stringify(String(failed.payload.iss).slice(0, 200))} is not ${settingName('baseUrl')} (${options.issuer}): set base_url to the issuer Keycloak puts in its tokens (its frontend URL)`
+      case 'exp': return `it expired: if logins are not slow, ${clock}`
+      case 'nbf':
+      case 'iat': return `it is dated in the future: ${clock}`
+      // aud: the one other claim jose checks against a setting.
+      default: return `its "${failed.claim}" claim does not name this client, ${settingName('clientId')} (${options.clientId})`
+    }
+  }
+  if (err instanceof errors.JOSEAlgNotAllowed) return `it is signed with an algorithm not in ${settingName('algorithms')} (${options.algorithms.join(', ')}): allow the algorithm of the realm's active key (Realm settings, Keys)`
+  if (err instanceof errors.JWKSNoMatchingKey) return `the realm's key set has no key for it, even reloaded: is ${settingName('jwksUrl')} (or discovery's jwks_uri) this realm's?`
+  if (err instanceof errors.JWSSignatureVerificationFailed) return 'its signature does not verify with the realm\'s keys: forged, or signed by another realm'
+  return 'it is not a signed JWT of this realm'
+}
+
 function reject (what: string, reason: string): never {
   throw new SsoError('invalid_token', `${what} rejected: ${reason}`)
 }
@@ -65,7 +92,7 @@ export async function verifyIdToken (token: string, options: VerifyOptions & { n
   const audiences = Array.isArray(claims.aud) ? claims.aud : [claims.aud]
   // OpenID Connect Core 3.1.3.7: azp must be the client when present, and must be present when
   // the token has several audiences.
-  if ((claims.azp !== undefined || audiences.length > 1) && claims.azp !== options.clientId) reject('ID token', 'azp is not this client')
+  if ((claims.azp !== undefined || audiences.length > 1) && claims.azp !== options.clientId) reject('ID token', `azp is not this client (${settingName('clientId')}): a token issued to another client`)
   if (claims.typ !== undefined && claims.typ !== 'ID') reject('ID token', 'typ is not ID')
   if (typeof claims.nonce !== 'string' || !timingSafeEqualText(claims.nonce, options.nonce)) reject('ID token', 'nonce does not match the login')
   return claims
@@ -84,8 +111,8 @@ export async function verifyAccessToken (token: string, options: VerifyOptions &
     const audiences = claims.aud === undefined ? [] : Array.isArray(claims.aud) ? claims.aud : [claims.aud]
     if (!audiences.some((audience) => options.audiences?.includes(audience) === true)) {
       reject('access token', options.audiences === undefined || options.audiences.length === 0
-        ? 'azp is not this client'
-        : 'azp is not this client and aud names none of bearer.audiences')
+        ? `azp is not this client (${settingName('clientId')}): a token issued to another client`
+        : `azp is not this client (${settingName('clientId')}) and aud names none of bearer.audiences`)
     }
   }
   if (options.subject !== undefined && claims.sub !== options.subject) reject('access token', 'sub differs from the ID token')

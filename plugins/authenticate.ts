@@ -14,7 +14,8 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { KeycloakBearerTokens } from '../lib/bearer.js'
 import { errorEnvelope } from '../lib/envelope.js'
 import { SsoError } from '../lib/errors.js'
-import type { ClearmlIdentity } from '../lib/session.js'
+import { publishAuthRefused } from '../lib/diagnostics.js'
+import type { ClearmlIdentity, CredentialKind } from '../lib/session.js'
 import type { KeycloakSso } from '../lib/sso.js'
 import { logRefusal, toSsoError } from './error-handler.js'
 
@@ -46,9 +47,10 @@ export function authenticator (options: { sso: KeycloakSso, bearer?: KeycloakBea
   const sessionOf = async (request: FastifyRequest): Promise<Readonly<ClearmlIdentity> | null> =>
     (await sso.verifySession(tokenOf(request)))?.identity ?? null
 
-  // Every refusal gets its own envelope (its own `meta.id`), and one warn line saying why.
-  const refuse = async (request: FastifyRequest, reply: FastifyReply, error: SsoError): Promise<void> => {
+  // Every refusal gets its own envelope (its own `meta.id`), one warn line saying why, and one event.
+  const refuse = async (request: FastifyRequest, reply: FastifyReply, error: SsoError, credential?: CredentialKind): Promise<void> => {
     logRefusal(request, error)
+    publishAuthRefused(error.code, credential)
     await reply.code(error.statusCode).send(errorEnvelope('authenticate', error.statusCode, error.code))
   }
 
@@ -60,12 +62,12 @@ export function authenticator (options: { sso: KeycloakSso, bearer?: KeycloakBea
       return
     }
     if (!fromHeader || bearer === undefined) {
-      return await refuse(request, reply, new SsoError('invalid_token', 'the session token is invalid, expired or revoked: log in again'))
+      return await refuse(request, reply, new SsoError('invalid_token', 'the session token is invalid, expired or revoked: log in again'), 'session')
     }
     try {
       request.clearmlIdentity = await bearer.verify(token)
     } catch (err) {
-      await refuse(request, reply, toSsoError(err as SsoError))
+      await refuse(request, reply, toSsoError(err as SsoError), 'keycloak')
     }
   }
 
@@ -78,16 +80,20 @@ export function authenticator (options: { sso: KeycloakSso, bearer?: KeycloakBea
     const fromHeader = token === undefined
     if (fromHeader) token = bearerToken(request.headers.authorization)
     let identity: Readonly<ClearmlIdentity> | null | undefined = null
+    let kind: CredentialKind = 'session'
     if (token !== undefined) {
       const session = sso.sessions.cached(token)
       identity = session === undefined || session === null ? session : session.identity
-      if (identity === undefined && fromHeader && bearer !== undefined) identity = bearer.cached(token)
+      if (identity === undefined && fromHeader && bearer !== undefined) {
+        identity = bearer.cached(token)
+        kind = 'keycloak'
+      }
     }
     let pending: Promise<void>
     if (identity === undefined || token === undefined) {
       pending = slowAuthenticate(request, reply, token, fromHeader)
     } else if (identity === null) {
-      pending = refuse(request, reply, new SsoError('invalid_token', 'the credential expired, or its session was logged out: log in again'))
+      pending = refuse(request, reply, new SsoError('invalid_token', 'the credential expired, or its session was logged out: log in again'), kind)
     } else {
       request.clearmlIdentity = identity
       if (done === undefined) return Promise.resolve()

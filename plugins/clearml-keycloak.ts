@@ -10,6 +10,7 @@ import { readConfig, settingName, weakSettings, type KeycloakConfig, type Keyclo
 import type { UserDirectory } from '../lib/directory.js'
 import { DIRECTORY_METHODS } from '../lib/directory.js'
 import { ConfigError } from '../lib/errors.js'
+import { explainLogin, explainSourceOf, type Explanation, type ExplainInput } from '../lib/explain.js'
 import type { Claims, Identity } from '../lib/identity.js'
 import type { LoginResult } from '../lib/login.js'
 import { MemoryRevocationStore, type RevocationStore } from '../lib/revocations.js'
@@ -30,7 +31,11 @@ export interface ClearmlKeycloakOptions {
   config?: KeycloakConfigOverrides
   /** Prefix of the plugin's routes. */
   prefix?: string
-  routes?: { supportedModes?: boolean }
+  /**
+   * `supportedModes: false` leaves `login.supported_modes` to the host; `explain: true` adds the
+   * admin-only `POST /login.sso_explain` (off by default).
+   */
+  routes?: { supportedModes?: boolean, explain?: boolean }
   /** Issue the session token yourself instead of the ClearML-compatible HS256 token. */
   issueToken?: IssueToken
   /** Where logouts are remembered; default in memory. Share one across apiserver instances. */
@@ -54,6 +59,8 @@ export interface ClearmlKeycloakDecorator {
   verifyAccessToken(token: string): Promise<JWTPayload>
   mapClaims(claims: Claims): Identity
   login(input: Claims | Identity): Promise<LoginResult>
+  /** What a login would do for these claims, this identity or this access token, and why; writes nothing. */
+  explain(input: ExplainInput): Promise<Explanation>
   /**
    * A preHandler hook; or `await fastify.keycloak.authenticate(request, reply)` from a hook of yours.
    * Accepts a ClearML session (cookie or `Authorization: Bearer`) and, with `bearer.keycloak`, a
@@ -144,6 +151,7 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     sso_providers: [{ name: 'keycloak', display_name: config.displayName, url: loginUrl }]
   })
 
+  const explainContext = { config, directory: options.directory, sso }
   fastify.decorateRequest('clearmlIdentity', null)
   fastify.decorate('keycloak', {
     config,
@@ -151,6 +159,7 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     verifyAccessToken: async (token: string) => await sso.verifyAccessToken(token),
     mapClaims: (claims: Claims) => sso.mapClaims(claims),
     login: async (input: Claims | Identity) => await sso.login(input),
+    explain: async (input: ExplainInput) => await explainLogin(explainSourceOf(input), explainContext),
     authenticate,
     sessionOf,
     sso
@@ -163,7 +172,9 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     webappUrl,
     supportedModes: options.routes?.supportedModes !== false,
     tokenOf,
-    supportedModesData: supportedModes
+    supportedModesData: supportedModes,
+    explain: options.routes?.explain === true ? async (source) => await explainLogin(source, explainContext) : undefined,
+    authenticate
   })
 }
 

@@ -7,16 +7,18 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Static } from 'typebox'
 import { cookiePolicy, ID_TOKEN_COOKIE } from '../lib/cookies.js'
-import { envelope } from '../lib/envelope.js'
+import { publishAuthRefused } from '../lib/diagnostics.js'
+import { envelope, errorEnvelope } from '../lib/envelope.js'
 import { SsoError } from '../lib/errors.js'
+import type { ExplainSource, Explanation } from '../lib/explain.js'
 import { safeReturnPath, sameOriginUrl } from '../lib/redirects.js'
 import type { CompletedLogin, KeycloakSso } from '../lib/sso.js'
 import { slotOfState } from '../lib/transaction.js'
 import {
-  AuthorizeData, AuthorizeInput, BackchannelLogoutInput, BrowserLoginQuery, CallbackQuery, Envelope, LogoutData, LogoutInput,
-  SsoCallbackData, SsoCallbackInput, SupportedModesData, SupportedModesInput
+  AuthorizeData, AuthorizeInput, BackchannelLogoutInput, BrowserLoginQuery, CallbackQuery, Envelope, ExplainInput, ExplanationData,
+  LogoutData, LogoutInput, SsoCallbackData, SsoCallbackInput, SupportedModesData, SupportedModesInput
 } from '../schemas/routes.js'
-import { ssoErrorHandler, type RouteMeta } from './error-handler.js'
+import { logRefusal, ssoErrorHandler, type RouteMeta } from './error-handler.js'
 
 export interface RoutesOptions {
   sso: KeycloakSso
@@ -26,7 +28,14 @@ export interface RoutesOptions {
   tokenOf: (request: FastifyRequest) => string | undefined
   /** `login.supported_modes`' data; shared with the `supportedModes()` decorator. */
   supportedModesData: (request?: FastifyRequest) => Promise<Static<typeof SupportedModesData>>
+  /** Registers the admin-only `login.sso_explain` when given. */
+  explain?: (source: ExplainSource) => Promise<Explanation>
+  /** The `authenticate` hook: the explain route needs a session. */
+  authenticate: (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void
 }
+
+/** ClearML roles that administer a company: admin and the roles above it. */
+const ADMIN_ROLES = new Set(['admin', 'superuser', 'root', 'system'])
 
 const REDACTED_PARAMS = new Set(['code', 'state', 'session_state', 'id_token_hint', 'iss'])
 
@@ -180,6 +189,31 @@ export async function routes (fastify: FastifyInstance, options: RoutesOptions):
     const redirectUrl = await logout(request, reply, request.query.redirect_url)
     return reply.redirect(redirectUrl ?? '/login', 302)
   })
+
+  // login.sso_explain --------------------------------------------------------------------------
+  if (options.explain !== undefined) {
+    const explain = options.explain
+    // An admin's own session says who may see how any login is decided. POST only: an access token
+    // never travels in a URL, where logs and browser history keep it.
+    const requireAdmin = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+      const identity = request.clearmlIdentity!
+      if (ADMIN_ROLES.has(identity.role)) return
+      const refusal = new SsoError('admin_required', `login.sso_explain needs an admin session; user ${identity.user} has role ${JSON.stringify(identity.role)}`)
+      logRefusal(request, refusal)
+      publishAuthRefused(refusal.code, identity.credential)
+      await reply.code(refusal.statusCode).send(errorEnvelope('login.sso_explain', refusal.statusCode, refusal.code))
+    }
+    app.post('/login.sso_explain', {
+      ...meta('login.sso_explain'),
+      // Before the body is validated: whoever has no admin session learns nothing, not even about the body.
+      onRequest: [options.authenticate, requireAdmin],
+      schema: { body: ExplainInput, response: { 200: Envelope(ExplanationData) } }
+    }, async (request) => {
+      const { claims, access_token: accessToken } = request.body
+      if ((claims === undefined) === (accessToken === undefined)) throw new SsoError('bad_request', 'login.sso_explain takes either claims or access_token')
+      return envelope('login.sso_explain', await explain(claims !== undefined ? { claims } : { accessToken: accessToken! }))
+    })
+  }
 
   // Back-channel logout: Keycloak POSTs a form with `logout_token` to the client's "Backchannel logout
   // URL". The form parser is registered in this context only, leaving the host's parsers alone.

@@ -77,3 +77,46 @@ export const SsoCallbackData = Type.Object({
 })
 
 export const LogoutData = Type.Object({ redirect_url: Type.Optional(Type.String()) })
+
+/** `login.sso_explain`: Keycloak claims to explain, or a Keycloak access token to verify and explain. */
+export const ExplainInput = Type.Object({
+  claims: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  access_token: Type.Optional(Type.String({ minLength: 1, maxLength: 16384 }))
+}, { additionalProperties: true })
+
+const Names = Type.Array(Type.String())
+
+export const IdentityData = Type.Object({
+  subject: Type.String(),
+  email: Type.Optional(Type.String()),
+  emailVerified: Type.Boolean(),
+  name: Type.String(),
+  username: Type.Optional(Type.String()),
+  givenName: Type.Optional(Type.String()),
+  familyName: Type.Optional(Type.String()),
+  avatar: Type.Optional(Type.String()),
+  groups: Names,
+  roles: Names,
+  rolesClaimPresent: Type.Optional(Type.Boolean())
+})
+
+/** The explanation of a login (`lib/explain.ts`), as `fastify.keycloak.explain` returns it. */
+export const ExplanationData = Type.Object({
+  outcome: Type.String(),
+  reason: Type.String(),
+  identity: Type.Union([IdentityData, Type.Null()]),
+  user: Type.Object({
+    status: Type.Union([Type.Literal('found'), Type.Literal('linked'), Type.Literal('new'), Type.Literal('refused')]),
+    id: Type.Optional(Type.String()),
+    reason: Type.String()
+  }),
+  signup: Type.Optional(Type.Object({
+    admit: Type.Boolean(),
+    company: Type.Optional(Type.String()),
+    code: Type.Optional(Type.String()),
+    reason: Type.String()
+  })),
+  role: Type.Object({ before: Type.Optional(Type.String()), after: Type.Union([Type.String(), Type.Null()]), rule: Type.String() }),
+  groups: Type.Object({ add: Names, remove: Names, unknown: Names, reason: Type.String() }),
+  profile: Type.Record(Type.String(), Type.Object({ before: Type.Optional(Type.String()), after: Type.String() }))
+})

@@ -1,6 +1,7 @@
 /**
  * The demo: an example apiserver with the plugin, an in-memory directory seeded with a company,
  * ClearML groups and a whitelist entry, and an embedded Keycloak-compatible provider with demo users.
+ * It serves Prometheus metrics at /metrics and the admin-only explain route.
  * Configured through the same CLEARML__ variables an operator sets for ClearML.
  *
  *   npm run demo          (ports: DEMO_PORT=8008, DEMO_IDP_PORT=8180)
@@ -89,6 +90,14 @@ ${DEMO_USERS.map((u) => `    ${u.username.padEnd(6)} ${u.story}`).join('\n')}
   Keycloak-compatible provider: ${demo.idp.issuer}
   Configured as an operator configures ClearML:
 ${shown}
+
+  For operators:
+    ${demo.url}/metrics   Prometheus metrics from the plugin's diagnostics_channel events:
+      logins by outcome and code, calls to Keycloak, key-set fetches, refused requests.
+    POST ${demo.url}/login.sso_explain   what a login would do and why, writing nothing (admin
+      session only). Log in as alice, then in the browser console:
+        await (await fetch('/login.sso_explain', { method: 'POST', headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ claims: { sub: 'new-user', email: 'zoe@acme.example', email_verified: true, groups: ['/ml-team', '/sales'] } }) })).json()
 
   Ctrl-C to stop.`)
   const stop = async (): Promise<void> => { await demo.close(); process.exit(0) }
