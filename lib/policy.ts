@@ -101,7 +101,7 @@ function adminGroupKey (group: string, caseSensitive: boolean): string {
 
 /** The admin groups (of `groups.admins`) the user is in, matched exactly (SPEC 5 step 7). */
 export function adminGroupsOf (config: { groups: GroupsConfig }, identity: Pick<Identity, 'groups'>): string[] {
-  if (!config.groups.enabled || config.groups.admins.length === 0) return []
+  if (!config.groups.enabled) return []
   const { caseSensitive } = config.groups
   const mine = new Set(identity.groups.map((group) => adminGroupKey(group, caseSensitive)))
   return config.groups.admins.filter((entry) => mine.has(adminGroupKey(entry, caseSensitive)))
