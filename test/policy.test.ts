@@ -8,10 +8,12 @@ const group = (name: string, company = 'c-acme') => ({ id: `g-${company}-${name}
 const acme = { id: 'c-acme', name: 'Acme' }
 
 t.test('groupNameCandidates: Keycloak full paths match the whole path or the last segment', async (t) => {
-  t.same(groupNameCandidates(['/ml-team']), ['ml-team'])
-  t.same(groupNameCandidates(['/research/vision']), ['research/vision', 'vision'])
-  t.same(groupNameCandidates(['ml-team', 'data-science']), ['ml-team', 'data-science'], 'full path off, as ClearML docs advise')
-  t.same(groupNameCandidates(['/', '', '/a/b/']), ['a/b/'], 'degenerate paths')
+  t.strictSame(groupNameCandidates(['/ml-team']), ['ml-team'])
+  t.strictSame(groupNameCandidates(['/research/vision']), ['research/vision', 'vision'])
+  t.strictSame(groupNameCandidates(['ml-team', 'data-science']), ['ml-team', 'data-science'], 'full path off, as ClearML docs advise')
+  t.strictSame(groupNameCandidates(['research/vision']), ['research/vision', 'vision'], 'a path without its leading / (a hand-written mapper) is still a path')
+  t.strictSame(groupNameCandidates(['//ml-team']), ['ml-team'], 'however many leading slashes')
+  t.strictSame(groupNameCandidates(['/', '', '/a/b/']), ['a/b/'], 'degenerate paths')
 })
 
 t.test('signup gating (new users)', async (t) => {
@@ -30,7 +32,7 @@ t.test('signup gating (new users)', async (t) => {
   ]
   for (const [name, overrides, entry, company, known, expected] of rows) {
     const config = testConfig(overrides)
-    t.same(decideSignup(config, chooseSignupTarget(config, entry), company, known), expected, name)
+    t.strictSame(decideSignup(config, chooseSignupTarget(config, entry), company, known), expected, name)
   }
 })
 
@@ -57,12 +59,23 @@ t.test('role rules (SPEC 5 step 7)', async (t) => {
     ['groups.admins set, user not in it, no roles claim: admin demoted', admins, { groups: ['ml-team'] }, 'admin', 'user'],
     ['groups.admins case-insensitive: KC-Admins matches', { groups: { enabled: true, admins: ['kc-admins'], caseSensitive: false } }, { groups: ['KC-Admins'] }, 'user', 'admin'],
     ['groups.admins case-sensitive: KC-Admins does not match', admins, { groups: ['KC-Admins'] }, 'user', 'user'],
+    ['groups.admins case-insensitive lower-cases as group sync does: Admins-Straße is not ADMINS-STRASSE',
+      { groups: { enabled: true, admins: ['Admins-Straße'], caseSensitive: false } }, { groups: ['/ADMINS-STRASSE'] }, 'user', 'user'],
+    ['leading slashes however many (a hand-written mapper\'s //kc-admins): the same group, as for group sync', admins, { groups: ['//kc-admins'] }, 'user', 'admin'],
     ['groups.admins but groups.enabled off: group ignored, role left alone', { groups: { enabled: false, admins: ['kc-admins'] } }, { groups: ['kc-admins'] }, 'user', 'user'],
+    ['groups.admins without groups.enabled does nothing: an admin in no admin group, no roles claim, stays admin', { groups: { enabled: false, admins: ['kc-admins'] } }, { groups: [] }, 'admin', 'admin'],
+    ['groups.admins without groups.enabled, roles claim without the admin role: membership of kc-admins does not promote',
+      { groups: { enabled: false, admins: ['kc-admins'] } }, { groups: ['kc-admins'], roles: ['offline_access'], rolesClaimPresent: true }, 'user', 'user'],
+    ['groups.enabled with groups.admins empty, no roles claim: ClearML keeps the admin role', { groups: { enabled: true } }, { groups: ['ml-team'] }, 'admin', 'admin'],
     ['admin_role empty but group admins configured: group decides', { adminRole: null, ...admins }, { groups: ['kc-admins'], roles: [], rolesClaimPresent: true }, 'user', 'admin'],
     ['either path suffices: realm role admin, not in admin group', admins, { roles: ['admin'], rolesClaimPresent: true, groups: ['ml-team'] }, 'user', 'admin'],
     ['a ClearML superuser is never demoted by Keycloak', {}, { roles: [], rolesClaimPresent: true }, 'superuser', 'superuser'],
     ['a ClearML root is not turned into admin either', {}, { roles: ['admin'], rolesClaimPresent: true }, 'root', 'root'],
-    ['a hand-built identity without rolesClaimPresent: roles given count as a claim', {}, { roles: ['admin'] }, 'user', 'admin']
+    ['a ClearML superuser with Keycloak\'s admin role stays superuser', {}, { roles: ['admin'], rolesClaimPresent: true }, 'superuser', 'superuser'],
+    ['ClearML\'s system user with Keycloak\'s admin role stays system', {}, { roles: ['admin'], rolesClaimPresent: true }, 'system', 'system'],
+    ['a superuser in groups.admins stays superuser', admins, { groups: ['kc-admins'] }, 'superuser', 'superuser'],
+    ['a hand-built identity without rolesClaimPresent: roles given count as a claim', {}, { roles: ['admin'] }, 'user', 'admin'],
+    ['a hand-built identity without rolesClaimPresent and no roles: no roles claim, ClearML keeps the admin role', {}, { roles: [] }, 'admin', 'admin']
   ]
   for (const [name, overrides, fields, current, expected] of rows) {
     t.equal(resolveRole(testConfig(overrides), identity(fields), current), expected, name)
@@ -96,6 +109,6 @@ t.test('group sync plan: memberships become exactly the claimed groups that exis
   ]
   for (const [name, claimed, current, expected] of rows) {
     const plan = planGroupSync('c-acme', claimed, current)
-    t.same({ add: plan.add.map((g) => g.name), remove: plan.remove.map((g) => g.name) }, expected, name)
+    t.strictSame({ add: plan.add.map((g) => g.name), remove: plan.remove.map((g) => g.name) }, expected, name)
   }
 })
