@@ -39,7 +39,8 @@ export function claimAt (claims: Claims, path: string): unknown {
 
 function text (value: unknown): string | undefined {
   if (typeof value === 'string') return value.trim() === '' ? undefined : value
-  if (typeof value === 'number' && Number.isFinite(value)) return String(value)
+  // Number.isFinite is false for anything but a finite number: no typeof check needed.
+  if (Number.isFinite(value)) return String(value)
   return undefined
 }
 
