@@ -22,7 +22,7 @@ const keycloakAccessToken = {
 }
 
 t.test('a Keycloak access token maps to the identity ClearML needs', async (t) => {
-  t.same(mapClaims(config, keycloakAccessToken), {
+  t.strictSame(mapClaims(config, keycloakAccessToken), {
     subject: 'f3c9c6a4-3f4e-4c1e-9a51-1c2b8d0c7e11',
     email: 'alice@acme.com',
     emailVerified: true,
@@ -45,12 +45,14 @@ t.test('roles: union of roles, realm_access.roles and this client\'s resource_ac
     ['client roles of another client are not ours', { resource_access: { other: { roles: ['admin'] } } }, [], false],
     ['all three, duplicates merged', { roles: ['a'], realm_access: { roles: ['a', 'b'] }, resource_access: { clearml: { roles: ['c'] } } }, ['a', 'b', 'c'], true],
     ['no roles claim at all', {}, [], false],
+    ['realm_access: null (a mapper without roles) is no roles claim', { realm_access: null }, [], false],
+    ['resource_access: null likewise', { resource_access: null }, [], false],
     ['an empty realm roles list is still a roles claim', { realm_access: { roles: [] } }, [], true],
     ['non-string entries dropped', { roles: ['admin', 7, null] }, ['admin'], true]
   ]
   for (const [name, claims, roles, present] of rows) {
     const identity = mapClaims(config, { sub: 's', ...claims })
-    t.same([identity.roles, identity.rolesClaimPresent], [roles, present], name)
+    t.strictSame([identity.roles, identity.rolesClaimPresent], [roles, present], name)
   }
 })
 
@@ -70,13 +72,19 @@ t.test('configurable claim paths, with dots, and the name fallbacks', async (t) 
   t.equal(mapClaims(config, { sub: 's', name: '  ' }).name, 's', 'and finally to the subject')
   t.equal(claimAt({ a: { b: 1 } }, 'a.c'), undefined)
   t.equal(claimAt({ a: 'text' }, 'a.b'), undefined)
+  // An attribute mapper sends a list when "Multivalued" is on and plain text when it is off.
+  t.equal(mapClaims(testConfig({ claims: { name: 'department.0' } }), { sub: 's', department: ['ML Research'] }).name, 'ML Research', 'a path may index a list')
+  t.equal(mapClaims(testConfig({ claims: { name: 'department.0' } }), { sub: 's', department: 'ML Research' }).name, 's', 'the same path on plain text finds nothing, not its first letter')
 })
 
 t.test('a missing user id claim is missing_claim', async (t) => {
   for (const claims of [{}, { sub: '' }, { sub: null }, { sub: { nested: true } }]) {
     t.throws(() => mapClaims(config, claims), { name: 'SsoError', code: 'missing_claim' }, JSON.stringify(claims))
   }
-  t.throws(() => mapClaims(testConfig({ claims: { userId: 'oid' } }), { sub: 's' }), { code: 'missing_claim', message: /"oid"/ })
+  t.throws(() => mapClaims(testConfig({ claims: { userId: 'oid' } }), { sub: 's' }), {
+    code: 'missing_claim',
+    message: /^the token has no "oid" claim, which CLEARML__services__login__sso__oauth_client__keycloak__claims__user_id names as the user id/
+  }, 'the reason names the claim and the setting that chose it')
 })
 
 t.test('email_verified counts only as a real boolean true', async (t) => {
@@ -86,8 +94,8 @@ t.test('email_verified counts only as a real boolean true', async (t) => {
 })
 
 t.test('groups from groups.claim: list or single name, empties and duplicates dropped', async (t) => {
-  t.same(mapClaims(config, { sub: 's', groups: ['/a', '/a', '', 3, 'b'] }).groups, ['/a', 'b'])
-  t.same(mapClaims(config, { sub: 's', groups: 'solo' }).groups, ['solo'])
-  t.same(mapClaims(config, { sub: 's' }).groups, [])
-  t.same(mapClaims(testConfig({ groups: { claim: 'org.teams' } }), { sub: 's', org: { teams: ['x'] } }).groups, ['x'])
+  t.strictSame(mapClaims(config, { sub: 's', groups: ['/a', '/a', '', 3, 'b'] }).groups, ['/a', 'b'])
+  t.strictSame(mapClaims(config, { sub: 's', groups: 'solo' }).groups, ['solo'])
+  t.strictSame(mapClaims(config, { sub: 's' }).groups, [])
+  t.strictSame(mapClaims(testConfig({ groups: { claim: 'org.teams' } }), { sub: 's', org: { teams: ['x'] } }).groups, ['x'])
 })
