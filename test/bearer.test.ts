@@ -48,7 +48,7 @@ t.test('refused: unknown user, a Keycloak token in the session cookie, an ID tok
   t.equal(unknown.status, 401, 'alice never logged in to ClearML and provision is off')
   t.match(unknown.body, { meta: { result_code: 401, result_msg: 'invalid_token' }, data: { error: 'invalid_token' } })
   t.match(stack.logs.join(''), /no ClearML user is linked to Keycloak subject/, 'the log says what to do')
-  t.same(stack.directory.listUsers(), [], 'nothing created')
+  t.strictSame(stack.directory.listUsers(), [], 'nothing created')
 
   await stack.login('alice')
   t.equal((await me(stack, bearer(tokens.access_token))).status, 200, 'after her first browser login the same token is accepted')
@@ -91,7 +91,7 @@ t.test('provision: the login rules run once per new token, concurrent first requ
   t.ok(answers.every((answer) => answer.status === 200 && answer.body.credential === 'keycloak'), '20 concurrent first requests accepted')
   const users = stack.directory.listUsers()
   t.equal(users.length, 1, 'one user created')
-  t.same(stack.directory.groupsOf(users[0].id), ['data-science', 'ml-team'], 'with the groups of the login rules')
+  t.strictSame(stack.directory.groupsOf(users[0].id), ['data-science', 'ml-team'], 'with the groups of the login rules')
   t.equal(stack.logs.join('').split('"Keycloak login"').length - 1, 0, 'no browser login was involved')
 
   const refused = await me(stack, bearer((await obtainTokens(stack, 'mallory')).access_token))
@@ -132,7 +132,7 @@ t.test('refused: every token a check must stop', async (t) => {
     ['not a JWT', 'hello']
   ]
   for (const [name, token] of cases) t.equal(await status(h, await token), 401, name)
-  t.same(h.directory.listUsers().length, 1, 'nothing created by any of them')
+  t.equal(h.directory.listUsers().length, 1, 'nothing created by any of them')
 })
 
 t.test('bearer.audiences: another client\'s token is accepted when its aud names an allowed audience', async (t) => {
@@ -203,7 +203,7 @@ t.test('a service account\'s token: no Keycloak session, its jti as session_id; 
 
   const small = await withKnownUser(t, { cacheMax: 1 })
   const [a, b] = [await access(small, { jti: 'a' }), await access(small, { jti: 'b' })]
-  t.same([await status(small, a), await status(small, b), await status(small, a)], [200, 200, 200], 'a bounded cache evicts, and an evicted token verifies again')
+  t.strictSame([await status(small, a), await status(small, b), await status(small, a)], [200, 200, 200], 'a bounded cache evicts, and an evicted token verifies again')
 })
 
 t.test('the directory behind a bearer token: failing is directory_error (503), a vanished company unknown_company (403)', async (t) => {

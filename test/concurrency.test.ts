@@ -29,7 +29,7 @@ t.test('50 concurrent logins of 10 new users', async (t) => {
   t.equal(created.length, 10, 'exactly one ClearML user per Keycloak user')
   for (const [i, user] of users.entries()) {
     const record = created.find((c) => c.email === user.email)!
-    t.same(stack.directory.groupsOf(record.id), i % 2 === 0 ? ['ml-team'] : ['data-science', 'ml-team'], `${user.username}: groups`)
+    t.strictSame(stack.directory.groupsOf(record.id), i % 2 === 0 ? ['ml-team'] : ['data-science', 'ml-team'], `${user.username}: groups`)
   }
   t.notMatch(stack.logs.join(''), '"level":50', 'no error logged')
 })

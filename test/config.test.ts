@@ -49,7 +49,7 @@ t.test('the variables of ClearML\'s Keycloak documentation, exactly as written t
   t.equal(config.claims.name, 'preferred_username')
   t.equal(config.claims.username, 'preferred_username')
   t.equal(config.defaultCompany, 'd1bd92a3b039400cbafc60a7a5b1e52b')
-  t.same(config.groups, { enabled: true, claim: 'groups', admins: ['kc-admins'], prohibitUserSignupIfNotInGroup: true, caseSensitive: true })
+  t.strictSame(config.groups, { enabled: true, claim: 'groups', admins: ['kc-admins'], prohibitUserSignupIfNotInGroup: true, caseSensitive: true })
   t.equal(config.adminRole, null, 'admin_role= (empty) disables role management')
   t.equal(config.getInfoFromAccessToken, false)
 })
@@ -93,7 +93,7 @@ t.test('value parsing, as ClearML\'s HOCON reader does', async (t) => {
     ['URL with //', 'https://kc/realms/x', 'https://kc/realms/x'],
     ['plain text', 'hello', 'hello']
   ]
-  for (const [name, raw, expected] of cases) t.same(parseHoconValue(raw), expected, name)
+  for (const [name, raw, expected] of cases) t.strictSame(parseHoconValue(raw), expected, name)
   t.equal(hoconText('007'), '007', 'string keys keep digits as text')
   t.equal(hoconText('"007"'), '007')
   t.equal(hoconText('"unterminated'), '"unterminated')
@@ -122,7 +122,7 @@ t.test('CLEARML__ wins over TRAINS__, whatever the order of the environment', as
   t.equal(loadConfig({ ...minimal, [trains]: 'from-trains' }).clientId, 'clearml')
   const { [`${KCS}client_id`]: _, ...withoutClearml } = minimal
   t.equal(loadConfig({ ...withoutClearml, [trains]: 'from-trains' }).clientId, 'from-trains', 'TRAINS__ alone is read')
-  t.same([...readClearmlEnv({ clearml__x: '1', CLEARML__: '2', OTHER: '3' }).keys()], [], 'prefixes are upper case and a path is needed')
+  t.strictSame([...readClearmlEnv({ clearml__x: '1', CLEARML__: '2', OTHER: '3' }).keys()], [], 'prefixes are upper case and a path is needed')
 })
 
 t.test('paths are case-insensitive after the prefix', async (t) => {
@@ -136,8 +136,8 @@ t.test('paths are case-insensitive after the prefix', async (t) => {
 })
 
 t.test('unquoted HOCON list for groups.admins, numbers in it kept as names', async (t) => {
-  t.same(loadConfig({ ...minimal, [`${KC}groups__admins`]: '[kc-admins, ops]' }).groups.admins, ['kc-admins', 'ops'])
-  t.same(loadConfig({ ...minimal, [`${KC}groups__admins`]: '[42]' }).groups.admins, ['42'])
+  t.strictSame(loadConfig({ ...minimal, [`${KC}groups__admins`]: '[kc-admins, ops]' }).groups.admins, ['kc-admins', 'ops'])
+  t.strictSame(loadConfig({ ...minimal, [`${KC}groups__admins`]: '[42]' }).groups.admins, ['42'])
 })
 
 t.test('the other ClearML keys the plugin reads', async (t) => {
@@ -153,7 +153,7 @@ t.test('the other ClearML keys the plugin reads', async (t) => {
 })
 
 t.test('every missing or malformed key is reported at once, named by its variable', async (t) => {
-  t.same(problemsOf({}), [
+  t.strictSame(problemsOf({}), [
     `${KCS}client_id is required`,
     `${KCS}client_secret is required`,
     `${KC}authorize_url is required when ${KC}base_url is not set`,
@@ -174,7 +174,7 @@ t.test('every missing or malformed key is reported at once, named by its variabl
     ['empty client_secret', { [`${KCS}client_secret`]: '' }, `${KCS}client_secret is required`]
   ]
   for (const [name, env, expected] of malformed) {
-    t.same(problemsOf({ ...minimal, ...env }), [expected], name)
+    t.strictSame(problemsOf({ ...minimal, ...env }), [expected], name)
   }
 })
 
@@ -187,8 +187,8 @@ t.test('no base_url: every endpoint must be given, and the issuer comes from the
   }
   const config = loadConfig({ ...noBase, ...endpoints })
   t.equal(issuerOf(config), 'https://kc/realms/r')
-  t.same(problemsOf({ ...noBase, ...endpoints, [`${KC}get_info_from_access_token`]: 'false' }), [`${KC}userinfo_url is required when ${KC}base_url is not set`])
-  t.same(problemsOf({ ...noBase, ...endpoints, [`${KC}authorize_url`]: 'https://idp/authorize' }), [
+  t.strictSame(problemsOf({ ...noBase, ...endpoints, [`${KC}get_info_from_access_token`]: 'false' }), [`${KC}userinfo_url is required when ${KC}base_url is not set`])
+  t.strictSame(problemsOf({ ...noBase, ...endpoints, [`${KC}authorize_url`]: 'https://idp/authorize' }), [
     `${KC}base_url is required: it is the token issuer, and the authorization URL does not have Keycloak's shape to derive it from`
   ])
 })
@@ -222,7 +222,7 @@ t.test('unknown keys under the provider are warnings, with a hint for a key in t
     [`${KC}colour`]: 'blue',
     CLEARML__services__something_else: 'ignored silently'
   })
-  t.same(warnings, [
+  t.strictSame(warnings, [
     { variable: `${KC}client_id`, message: `is not a Keycloak setting here; did you mean ${KCS}client_id?` },
     { variable: `${KC}colour`, message: 'is not a known Keycloak setting and is ignored' }
   ])
@@ -243,11 +243,11 @@ t.test('overrides from code are merged over the environment and validated alike'
       return (err as ConfigError).problems.map((p) => `${p.variable} ${p.message}`)
     }
   }
-  t.same(problems({ idpLogout: 'yes' }), ['config.idpLogout must be boolean'])
-  t.same(problems({ baseUrl: 'nope' }), ['config.baseUrl must be an absolute http(s) URL'])
-  t.same(problems({ colour: 'blue' }), ['config.colour is not a known setting'])
-  t.same(problems({ groups: { colour: 'blue' } }), ['config.groups.colour is not a known setting'])
-  t.same(problems({ groups: 'all' }), ['config.groups must be an object'], 'a section replaced by a value')
+  t.strictSame(problems({ idpLogout: 'yes' }), ['config.idpLogout must be boolean'])
+  t.strictSame(problems({ baseUrl: 'nope' }), ['config.baseUrl must be an absolute http(s) URL'])
+  t.strictSame(problems({ colour: 'blue' }), ['config.colour is not a known setting'])
+  t.strictSame(problems({ groups: { colour: 'blue' } }), ['config.groups.colour is not a known setting'])
+  t.strictSame(problems({ groups: 'all' }), ['config.groups must be an object'], 'a section replaced by a value')
   t.equal(settingName('tokenSecret'), 'CLEARML__secure__auth__token_secret')
   t.equal(settingName('nonsense'), 'config.nonsense')
 })

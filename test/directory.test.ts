@@ -18,7 +18,7 @@ t.test('MemoryDirectory refuses inconsistent seeds and writes', async (t) => {
   await t.rejects(directory.updateUser(b.id, { linkIdentity: { provider: 'keycloak', subject: 'a' } }), /linked to another user/)
   await t.rejects(directory.updateUserGroups('nope', { add: [], remove: [] }), /unknown user/)
   await t.rejects(directory.updateUserGroups(a.id, { add: ['g-nope'], remove: [] }), /unknown group/)
-  t.same(directory.groupsOf(a.id), [])
+  t.strictSame(directory.groupsOf(a.id), [])
   const copy = directory.listUsers()[0]
   copy.name = 'changed outside'
   t.equal(directory.listUsers()[0].name, 'A', 'callers get copies, not the stored records')

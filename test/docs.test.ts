@@ -11,7 +11,7 @@ t.test('the README configuration table matches the schema (run `npm run docs:con
 t.test('the README starts with the two newcomer commands, and CI runs the same test command', async (t) => {
   const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
   const commands = [...readme.matchAll(/^```(?:sh|bash)\n([^\n]+)\n```/gm)].slice(0, 2).map((m) => m[1])
-  t.same(commands, ['npm ci && npm run demo', 'npm ci && npm test'])
+  t.strictSame(commands, ['npm ci && npm run demo', 'npm ci && npm test'])
   const ci = readFileSync(new URL('../.ci/run', import.meta.url), 'utf8')
   t.match(ci, /\nnpm test /, '.ci/run runs npm test')
 })

@@ -74,7 +74,7 @@ function assertFailures (t: Test, report: DoctorReport, failing: Partial<Record<
       t.match(check.message, expected.message, `${check.id}: what is wrong`)
       t.match((check as { fix?: string }).fix, expected.fix ?? /\S/, `${check.id}: what to change`)
     } else if (unchecked.ids.includes(check.id)) {
-      t.same(check, { id: check.id, ok: false, message: `not checked: needs ${unchecked.need!}`, fix: `fix ${unchecked.need!} first` }, `${check.id} is not checked`)
+      t.strictSame(check, { id: check.id, ok: false, message: `not checked: needs ${unchecked.need!}`, fix: `fix ${unchecked.need!} first` }, `${check.id} is not checked`)
     } else {
       t.ok(check.ok, `${check.id} passes: ${check.message}`)
     }
@@ -94,7 +94,7 @@ t.test('a correct setup passes every check, one ✔ line each, and exits 0', asy
   t.equal(text.code, 0)
   t.equal(text.stderr, '')
   const lines = text.stdout.trimEnd().split('\n')
-  t.same(lines.slice(0, ALL_CHECKS.length).map((line) => line.split(/\s+/).slice(0, 2)), ALL_CHECKS.map((id) => ['✔', id]), 'one ✔ line per check, in order')
+  t.strictSame(lines.slice(0, ALL_CHECKS.length).map((line) => line.split(/\s+/).slice(0, 2)), ALL_CHECKS.map((id) => ['✔', id]), 'one ✔ line per check, in order')
   t.equal(lines.at(-1), 'All 9 checks passed.')
   t.match(text.stdout, `Keycloak accepts ${WEBAPP}/callback_keycloak as client "clearml"'s redirect URI`)
   t.match(text.stdout, /service accounts are off, which a login client does not need/)
@@ -106,12 +106,12 @@ t.test('a correct setup passes every check, one ✔ line each, and exits 0', asy
   t.equal(json.code, 0)
   const report = JSON.parse(json.stdout) as DoctorReport
   t.equal(report.ok, true)
-  t.same(report.checks.map((check) => check.id), ALL_CHECKS)
+  t.strictSame(report.checks.map((check) => check.id), ALL_CHECKS)
   t.ok(report.checks.every((check) => check.ok && typeof check.message === 'string' && !('fix' in check)), 'passing checks carry no fix')
   t.match(byId(report).redirect_uri!.message, `${WEBAPP}/callback_keycloak`, 'the web app URL is used by its origin, as the plugin does')
 
   const withoutLogout = await runDoctor({ env: envFor(idp.issuer, { [`${KC}idp_logout`]: undefined }), webappUrl: WEBAPP })
-  t.same(withoutLogout.checks.map((check) => check.id), ALL_CHECKS.filter((id) => id !== 'end_session'), 'end_session only with idp_logout')
+  t.strictSame(withoutLogout.checks.map((check) => check.id), ALL_CHECKS.filter((id) => id !== 'end_session'), 'end_session only with idp_logout')
   t.equal(withoutLogout.ok, true)
 })
 
@@ -244,7 +244,7 @@ t.test('configuration problems fail config and leave nothing to check Keycloak w
       fix: /^correct .*client_secret, .*idp_logout, .*base_url as the message says$/
     }
   }, { need: 'config', ids: ALL_CHECKS.slice(1) })
-  t.same(report.checks.map((check) => check.id), ALL_CHECKS, 'every check is listed, end_session too: idp_logout could not be read')
+  t.strictSame(report.checks.map((check) => check.id), ALL_CHECKS, 'every check is listed, end_session too: idp_logout could not be read')
 })
 
 t.test('the web app URL: --webapp-url, else CLEARML_WEB_HOST; without one redirect_uri says to pass it', async (t) => {
@@ -366,14 +366,14 @@ t.test('the provider answers client_credentials as Keycloak does', async (t) => 
   t.throws(() => idp.serviceAccountSubject(CLIENT_ID), /has no service account/)
 
   const invalidClient = { status: 401, body: { error: 'invalid_client', error_description: 'Invalid client or Invalid client credentials' } }
-  t.same(await post({ grant_type: 'client_credentials' }, basic('svc', 'wrong')), invalidClient, 'wrong secret, Basic')
-  t.same(await post({ grant_type: 'client_credentials', client_id: 'svc', client_secret: 'wrong' }), invalidClient, 'wrong secret, in the form')
-  t.same(await post({ grant_type: 'client_credentials', client_id: 'nobody', client_secret: 'x' }), invalidClient, 'unknown client')
-  t.same(await post({ grant_type: 'client_credentials' }), invalidClient, 'no credentials')
-  t.same(await post({ grant_type: 'client_credentials' }, 'Basic ' + Buffer.from('no-colon').toString('base64')), invalidClient, 'a malformed Basic header')
-  t.same(await post({ grant_type: 'client_credentials' }, 'Basic ' + Buffer.from('svc:%E0%A4%A').toString('base64')), invalidClient, 'a Basic header that is not form-encoded')
-  t.same(await post({ grant_type: 'authorization_code', code: 'x', redirect_uri: 'https://x/cb' }, basic(CLIENT_ID, 'wrong')), invalidClient, 'other grants word it the same way')
-  t.same(await post({ grant_type: 'client_credentials' }, basic(CLIENT_ID, CLIENT_SECRET)), {
+  t.strictSame(await post({ grant_type: 'client_credentials' }, basic('svc', 'wrong')), invalidClient, 'wrong secret, Basic')
+  t.strictSame(await post({ grant_type: 'client_credentials', client_id: 'svc', client_secret: 'wrong' }), invalidClient, 'wrong secret, in the form')
+  t.strictSame(await post({ grant_type: 'client_credentials', client_id: 'nobody', client_secret: 'x' }), invalidClient, 'unknown client')
+  t.strictSame(await post({ grant_type: 'client_credentials' }), invalidClient, 'no credentials')
+  t.strictSame(await post({ grant_type: 'client_credentials' }, 'Basic ' + Buffer.from('no-colon').toString('base64')), invalidClient, 'a malformed Basic header')
+  t.strictSame(await post({ grant_type: 'client_credentials' }, 'Basic ' + Buffer.from('svc:%E0%A4%A').toString('base64')), invalidClient, 'a Basic header that is not form-encoded')
+  t.strictSame(await post({ grant_type: 'authorization_code', code: 'x', redirect_uri: 'https://x/cb' }, basic(CLIENT_ID, 'wrong')), invalidClient, 'other grants word it the same way')
+  t.strictSame(await post({ grant_type: 'client_credentials' }, basic(CLIENT_ID, CLIENT_SECRET)), {
     status: 400,
     body: { error: 'unauthorized_client', error_description: 'Client not enabled to retrieve service account' }
   }, 'right credentials, service accounts off')
@@ -499,7 +499,7 @@ t.test('answers of other Keycloak versions and of broken deployments', async (t)
 
 t.test('the command line', async (t) => {
   const help = await doctor(['--help'], {})
-  t.same(help, { code: 0, stdout: USAGE, stderr: '' })
+  t.strictSame(help, { code: 0, stdout: USAGE, stderr: '' })
   t.match(USAGE, /^Usage: fastify-clearml-keycloak doctor \[--webapp-url URL\] \[--json\]/)
   t.equal((await doctor(['doctor', '-h'], {})).code, 0)
   for (const [args, says] of [
@@ -548,7 +548,7 @@ t.test('the bin command in a child process: --json parsed, text, exit statuses',
   const good = await runCli(['doctor', '--json', '--webapp-url', WEBAPP], envFor(idp.issuer))
   t.equal(good.code, 0)
   const report = JSON.parse(good.stdout) as DoctorReport
-  t.same(report.checks.map((check) => [check.id, check.ok]), ALL_CHECKS.map((id) => [id, true]))
+  t.strictSame(report.checks.map((check) => [check.id, check.ok]), ALL_CHECKS.map((id) => [id, true]))
   assertNothingSecret(t, good.stdout + good.stderr)
 
   const bad = await runCli(['doctor'], envFor(idp.issuer, { [`${KC_SECURE}client_secret`]: 'wrong-Pq9', CLEARML_WEB_HOST: WEBAPP, CLEARML__secure__auth__token_secret: 'tiny' }))

@@ -56,7 +56,7 @@ async function explainThenLogin (t: Test, app: FastifyInstance, directory: Count
   directory.calls = []
   const explanation = await app.keycloak.explain(input)
   const explainCalls = directory.calls
-  t.same(explainCalls.filter((method) => WRITES.includes(method)), [], `${label}: explain writes nothing`)
+  t.strictSame(explainCalls.filter((method) => WRITES.includes(method)), [], `${label}: explain writes nothing`)
   directory.calls = []
   let result: LoginResult | undefined
   let error: unknown
@@ -65,18 +65,18 @@ async function explainThenLogin (t: Test, app: FastifyInstance, directory: Count
   } catch (err) {
     error = err
   }
-  t.same(explainCalls, directory.calls.filter((method) => !WRITES.includes(method)), `${label}: explain reads what the login reads`)
+  t.strictSame(explainCalls, directory.calls.filter((method) => !WRITES.includes(method)), `${label}: explain reads what the login reads`)
   if (explanation.outcome === 'ok') {
     t.equal(error, undefined, `${label}: the login goes through`)
     t.equal(result!.created, explanation.user.status === 'new', `${label}: created as explained`)
     if (explanation.user.id !== undefined) t.equal(result!.user.id, explanation.user.id, `${label}: the user explained`)
     t.equal(result!.role, explanation.role.after, `${label}: role as explained`)
-    t.same(result!.groups, { added: explanation.groups.add, removed: explanation.groups.remove }, `${label}: groups as explained`)
+    t.strictSame(result!.groups, { added: explanation.groups.add, removed: explanation.groups.remove }, `${label}: groups as explained`)
   } else {
     t.ok(error instanceof SsoError, `${label}: the login is refused`)
     t.equal((error as SsoError).code, explanation.outcome, `${label}: with the explained code`)
     t.equal((error as SsoError).message, explanation.reason, `${label}: and the explained reason`)
-    t.same(directory.writes(), [], `${label}: the refused login writes nothing either`)
+    t.strictSame(directory.writes(), [], `${label}: the refused login writes nothing either`)
   }
   return { explanation, result }
 }
@@ -190,7 +190,7 @@ const decisions: Row[] = [
         groups: { remove: [], unknown: ['/not-in-clearml'], reason: /memberships in "Acme" \(c-acme\) become the claimed groups/ },
         profile: { name: { after: 'Ann Example' }, email: { after: 'ann@acme.com' }, givenName: { after: 'Ann' } }
       })
-      t.same([...e.groups.add].sort(), ['data-science', 'ml-team'])
+      t.strictSame([...e.groups.add].sort(), ['data-science', 'ml-team'])
       t.match(e.reason, /^creates a user in company c-acme; joins/)
       t.notOk('id' in e.user, 'no id before the user exists')
     }
@@ -209,8 +209,8 @@ const decisions: Row[] = [
     env: { [`${KC}groups__case_sensitive`]: 'false' },
     input: claims({ groups: ['/ML-Team', '/Data-Science', '/Sales'] }),
     expect: (t, e) => {
-      t.same([...e.groups.add].sort(), ['data-science', 'ml-team'])
-      t.same(e.groups.unknown, ['/Sales'])
+      t.strictSame([...e.groups.add].sort(), ['data-science', 'ml-team'])
+      t.strictSame(e.groups.unknown, ['/Sales'])
     }
   },
   {
@@ -293,7 +293,7 @@ const decisions: Row[] = [
     input: claims({ groups: ['/research/data-science', '/ghost-team'] }),
     expect: (t, e) => {
       t.match(e, { outcome: 'ok', groups: { add: ['data-science'], remove: ['ml-team'], unknown: ['/ghost-team'] } })
-      t.same(e.profile, {}, 'the profile is unchanged')
+      t.strictSame(e.profile, {}, 'the profile is unchanged')
       t.match(e.reason, /joins data-science; leaves ml-team$/)
     }
   },
@@ -302,7 +302,7 @@ const decisions: Row[] = [
     seed: existingUser({ role: 'user', name: 'Old Name' }),
     input: claims({ family_name: undefined, picture: 'https://img.example/ann.png' }),
     expect: (t, e) => {
-      t.same(e.profile, { name: { before: 'Old Name', after: 'Ann Example' }, avatar: { after: 'https://img.example/ann.png' } })
+      t.strictSame(e.profile, { name: { before: 'Old Name', after: 'Ann Example' }, avatar: { before: undefined, after: 'https://img.example/ann.png' } })
       t.match(e.reason, /updates name, avatar$/)
     }
   }
@@ -331,7 +331,7 @@ t.test('claims without the user id: missing_claim, explained without an identity
   const { explanation } = await explainThenLogin(t, app, directory, claims({ sub: undefined }), 'missing sub')
   t.match(explanation, { outcome: 'missing_claim', identity: null, user: { status: 'refused' }, role: { after: null }, groups: { add: [], remove: [], unknown: [] }, profile: {} })
   t.match(explanation.reason, /no "sub" claim, which CLEARML__services__login__sso__oauth_client__keycloak__claims__user_id names/)
-  t.same(directory.calls, [], 'the directory is not asked')
+  t.strictSame(directory.calls, [], 'the directory is not asked')
 })
 
 t.test('input explain cannot read, and a failing directory, are errors, and write nothing', async (t) => {
@@ -342,7 +342,7 @@ t.test('input explain cannot read, and a failing directory, are errors, and writ
   }
   directory.failing = 'findWhitelistEntry'
   await t.rejects(app.keycloak.explain(claims()), { code: 'directory_error', message: /directory\.findWhitelistEntry failed/ })
-  t.same(directory.writes(), [])
+  t.strictSame(directory.writes(), [])
 })
 
 // Access tokens, verified as a login verifies them, against the Keycloak-like provider ---------------
@@ -359,14 +359,14 @@ t.test('an access token: explained, then the browser login does what was explain
   const bob = await obtainTokens(stack, 'bob')
   directory.calls = []
   const explanation = await stack.app.keycloak.explain({ accessToken: bob.access_token })
-  t.same(directory.writes(), [], 'explain writes nothing')
+  t.strictSame(directory.writes(), [], 'explain writes nothing')
   t.match(explanation, { outcome: 'ok', identity: { username: 'bob', email: 'bob@acme.com' }, user: { status: 'new' }, role: { after: 'user' } })
 
   const { final } = await stack.login('bob')
   t.equal(final.body, 'home')
   const [user] = directory.listUsers()
   t.equal(user.role, explanation.role.after)
-  t.same(directory.groupsOf(user.id), [...explanation.groups.add].sort(), 'the groups explained')
+  t.strictSame(directory.groupsOf(user.id), [...explanation.groups.add].sort(), 'the groups explained')
   const again = await stack.app.keycloak.explain({ accessToken: bob.access_token })
   t.match(again, { outcome: 'ok', user: { status: 'found', id: user.id }, groups: { add: [], remove: [] }, profile: {} }, 'and now nothing would change')
 
@@ -376,7 +376,7 @@ t.test('an access token: explained, then the browser login does what was explain
   const { final: page } = await stack.login('mallory')
   t.match(page.url, /\/login\?sso_error=not_whitelisted$/, 'the login refuses as explained')
   const warned = stack.logs.map((line) => JSON.parse(line)).filter((line) => line.code === 'not_whitelisted')
-  t.same(warned.map((line) => line.reason), [refused.reason], 'and logs the explained reason, once')
+  t.strictSame(warned.map((line) => line.reason), [refused.reason], 'and logs the explained reason, once')
 })
 
 t.test('a token that fails verification is explained as the login would refuse it', async (t) => {
@@ -417,7 +417,7 @@ t.test('userinfo about another subject, and Keycloak unreachable', async (t) => 
   const token = await idp.sign({ ...idp.accessClaims() }, { header: { kid: 'rotated-away' } })
   await idp.close()
   await t.rejects(app.keycloak.explain({ accessToken: token }), { code: 'idp_unavailable' }, 'explain cannot tell: an error, not an explanation')
-  t.same(directory.writes(), [])
+  t.strictSame(directory.writes(), [])
 })
 
 // The route ----------------------------------------------------------------------------------------
@@ -460,7 +460,7 @@ t.test('POST /login.sso_explain: admins only, the decorator\'s answer in the env
   t.equal(answer.status, 200)
   t.match(answer.json.meta, { result_code: 200, endpoint: { name: 'login.sso_explain' } })
   const direct = await stack.app.keycloak.explain(claims({ sub: 'kc-mallory', email: 'mallory@evil.example' }))
-  t.same(answer.json.data, JSON.parse(JSON.stringify(direct)), 'the decorator\'s explanation')
+  t.strictSame(answer.json.data, JSON.parse(JSON.stringify(direct)), 'the decorator\'s explanation')
   t.match(answer.json.data, { outcome: 'not_whitelisted', user: { status: 'refused' }, role: { after: null } })
 
   const dave = await obtainTokens(stack, 'dave')
@@ -468,7 +468,7 @@ t.test('POST /login.sso_explain: admins only, the decorator\'s answer in the env
   t.match(byToken, { status: 200, json: { data: { outcome: 'ok', identity: { username: 'dave' }, user: { status: 'new' } } } })
   const forged = await post(url, { access_token: 'not-a-token' }, alice)
   t.match(forged, { status: 200, json: { data: { outcome: 'invalid_token', identity: null } } })
-  t.same(directory.writes(), [], 'no write through the route')
+  t.strictSame(directory.writes(), [], 'no write through the route')
   t.notMatch(stack.logs.join(''), dave.access_token, 'the token is not logged')
 
   for (const [name, body] of [['neither', {}], ['both', { claims: claims(), access_token: 'x' }], ['claims not an object', { claims: ['sub'] }], ['an empty token', { access_token: '' }]] as const) {

@@ -63,7 +63,7 @@ t.test('a returning user gets the same ClearML user, updated from Keycloak', asy
   t.teardown(stack.close)
   await stack.login('bob')
   const [first] = stack.directory.listUsers()
-  t.same(stack.directory.groupsOf(first.id), ['data-science', 'ml-team'], 'full paths /ml-team and /research/data-science matched')
+  t.strictSame(stack.directory.groupsOf(first.id), ['data-science', 'ml-team'], 'full paths /ml-team and /research/data-science matched')
   stack.directory.updateUser(first.id, { name: 'Renamed in ClearML' })
   const { final } = await stack.login('bob')
   t.equal(final.body, 'home')
@@ -120,7 +120,7 @@ t.test('login.sso_authorize and login.sso_callback, the JSON flow the ClearML we
   const secondStop = await second.submitLogin(await second.navigate(plain.data.redirect_url), 'alice', 'alice-pw', { stopAt: isCallback(stack) })
   const plainCallback = await second.request(`${stack.appUrl}/login.sso_callback`, { json: { args: Object.fromEntries(new URL(secondStop.url).searchParams) } })
   const plainData = JSON.parse(plainCallback.body).data
-  t.same(Object.keys(plainData).sort(), ['company_id', 'login_status', 'user_id'], 'no token unless return_token, no state unless one was given')
+  t.strictSame(Object.keys(plainData).sort(), ['company_id', 'login_status', 'user_id'], 'no token unless return_token, no state unless one was given')
 
   const anonymous = await fetch(`${stack.appUrl}/login.supported_modes`)
   t.equal(((await anonymous.json()) as { data: { authenticated: boolean } }).data.authenticated, false)
@@ -133,7 +133,7 @@ t.test('logout without idp_logout: session revoked and cleared, no Keycloak URL'
   const token = agent.cookies(stack.appUrl).get('clearml_token_basic')!
   const logout = await agent.request(`${stack.appUrl}/login.logout`, { json: {} })
   t.equal(logout.status, 200)
-  t.same(JSON.parse(logout.body).data, {})
+  t.strictSame(JSON.parse(logout.body).data, {})
   t.ok(logout.setCookies.some((c) => /^clearml_token_basic=;/.test(c)), 'session cookie cleared')
   const replay = await fetch(`${stack.appUrl}/me`, { headers: { authorization: `Bearer ${token}` } })
   t.equal(replay.status, 401, 'the revoked token is refused even when replayed')

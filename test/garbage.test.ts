@@ -47,7 +47,7 @@ t.test('callback query strings: always a redirect to /login with a known code, n
     const cookies = ([] as string[]).concat(answer.headers['set-cookie'] ?? [])
     return code !== undefined && KNOWN_CODES.has(code) && !cookies.some((c) => c.startsWith('clearml_token_basic=') && !c.startsWith('clearml_token_basic=;'))
   }), { numRuns: 300 })
-  t.same(directory.listUsers(), [], 'no user was created')
+  t.strictSame(directory.listUsers(), [], 'no user was created')
 })
 
 t.test('raw query strings, including malformed percent-encoding', async (t) => {
@@ -71,7 +71,7 @@ t.test('JSON bodies on every JSON route: the envelope, a known code, never 5xx',
     if (answer.statusCode === 200) return envelope.meta?.result_code === 200 && typeof envelope.data === 'object'
     return envelope.meta?.result_code === answer.statusCode && KNOWN_CODES.has(envelope.data?.error) && envelope.meta.result_msg === envelope.data.error
   }), { numRuns: 300 })
-  t.same(directory.listUsers(), [])
+  t.strictSame(directory.listUsers(), [])
 })
 
 t.test('raw bodies and content types', async (t) => {
@@ -100,5 +100,5 @@ t.test('environment values: a config or a ConfigError, and never the secret in t
 
 t.test('no unhandled rejection happened along the way', async (t) => {
   await new Promise((resolve) => setTimeout(resolve, 50))
-  t.same(unhandled, [])
+  t.strictSame(unhandled, [])
 })

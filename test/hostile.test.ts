@@ -12,7 +12,7 @@ async function expectRefusal (t: Test, h: Harness, code: string, name: string): 
   const answer = await login(h)
   t.equal(answer.location, `/login?sso_error=${code}`, `${name}: ${code}`)
   t.notOk(answer.setCookie.some((c) => /^clearml_token_basic=[^;]/.test(c)), `${name}: no session cookie`)
-  t.same(h.directory.listUsers(), [], `${name}: no user`)
+  t.strictSame(h.directory.listUsers(), [], `${name}: no user`)
 }
 
 const idToken = (idp: HostileIdp, change: (claims: JWTPayload) => JWTPayload, options?: Parameters<HostileIdp['sign']>[1]) => {
@@ -37,7 +37,7 @@ t.test('the happy path of the scripted provider logs in', async (t) => {
   const noSid = await login(older)
   t.equal(noSid.location, '/', 'an ID token without sid (older Keycloak) is fine')
   const token = noSid.setCookie.find((c) => c.startsWith('clearml_token_basic='))!.split(';')[0].split('=')[1]
-  t.same(decodeJwt(token).sso, { provider: 'keycloak' })
+  t.strictSame(decodeJwt(token).sso, { provider: 'keycloak' })
 })
 
 t.test('ID token checks (OpenID RP conformance, code flow)', async (t) => {

@@ -99,7 +99,7 @@ t.test('the realm export has what ClearML\'s Keycloak guide asks for', async (t)
   t.ok(client.defaultClientScopes.includes('roles'), 'the roles scope puts realm_access into the access token')
   t.ok(realm.roles.realm.some((r: { name: string }) => r.name === 'admin'), 'an "admin" realm role (admin_role)')
   const groupPaths = realm.groups.map((g: { path: string }) => g.path)
-  t.same(groupPaths.sort(), ['/data-science', '/kc-admins', '/ml-team'])
+  t.strictSame(groupPaths.sort(), ['/data-science', '/kc-admins', '/ml-team'])
   for (const user of realm.users) {
     t.ok(user.groups.every((g: string) => groupPaths.includes(g)), `${user.username}: groups exist in the realm`)
     t.ok(user.credentials[0].value.length > 0 && user.emailVerified === true, `${user.username}: can log in, verified email`)
@@ -143,7 +143,7 @@ t.test('Keycloak: readiness check on the management port, realm imported read-on
   t.match(composeText, /test\/keycloak-example\.test\.ts/, 'names this test by its path')
   t.notMatch(composeText, /tests\/keycloak-example/)
   const published = keycloak.ports?.map(loopbackPorts)
-  t.same(published, [{ host: Number(new URL(keycloakEnv.KC_HOSTNAME).port), container: Number(keycloakEnv.KC_HTTP_PORT) }], 'KC_HOSTNAME is what the browser reaches: the published port, on loopback')
+  t.strictSame(published, [{ host: Number(new URL(keycloakEnv.KC_HOSTNAME).port), container: Number(keycloakEnv.KC_HTTP_PORT) }], 'KC_HOSTNAME is what the browser reaches: the published port, on loopback')
   t.equal(new URL(keycloakEnv.KC_HOSTNAME).hostname, 'localhost')
 })
 
@@ -170,7 +170,7 @@ t.test('Keycloak\'s health check works with bash alone, against a real server', 
     }
   }
   t.equal(await probe(port), 0, 'ready (200): healthy')
-  t.same(paths, ['/health/ready'])
+  t.strictSame(paths, ['/health/ready'])
   status = 503
   t.not(await probe(port), 0, 'not ready (503): unhealthy')
   server.close()
@@ -178,11 +178,11 @@ t.test('Keycloak\'s health check works with bash alone, against a real server', 
 })
 
 t.test('two replicas with one configuration, sharing Redis and PostgreSQL', async (t) => {
-  t.same(replicaNames, ['apiserver-1', 'apiserver-2'], 'two replicas of examples/replicas/apiserver.ts')
+  t.strictSame(replicaNames, ['apiserver-1', 'apiserver-2'], 'two replicas of examples/replicas/apiserver.ts')
   const [first, second] = replicaNames.map((name) => services[name].environment ?? {})
   const clearml = (env: Record<string, string>): Record<string, string> => clearmlVariables(env)
   t.ok(Object.keys(clearml(first)).length >= 8, 'configured through CLEARML__ variables')
-  t.same(clearml(second), clearml(first), 'identical CLEARML__ variables: the same client secret and token_secret')
+  t.strictSame(clearml(second), clearml(first), 'identical CLEARML__ variables: the same client secret and token_secret')
   for (const name of replicaNames) {
     const env = services[name].environment!
     const seen = namesSeenFrom(name)
@@ -193,7 +193,7 @@ t.test('two replicas with one configuration, sharing Redis and PostgreSQL', asyn
     const database = new URL(env.DATABASE_URL)
     const postgres = services.postgres?.environment ?? {}
     t.ok(seen.has(database.hostname) && database.hostname === 'postgres', `${name}: DATABASE_URL is the postgres service`)
-    t.same([database.protocol, Number(database.port), database.username, database.password, database.pathname],
+    t.strictSame([database.protocol, Number(database.port), database.username, database.password, database.pathname],
       ['postgres:', 5432, postgres.POSTGRES_USER, postgres.POSTGRES_PASSWORD, `/${postgres.POSTGRES_DB}`], `${name}: with the database's credentials`)
     t.equal(env.HOST, '0.0.0.0', `${name}: listens beyond its own loopback, for the proxy`)
     t.equal(env.WEBAPP_URL, webappUrl)
@@ -218,24 +218,24 @@ t.test('the proxy round-robins over both replicas on the web app\'s origin', asy
   const upstream = /upstream\s+([\w-]+)\s*\{([^}]*)\}/.exec(nginxConf)
   t.ok(upstream, 'an upstream block')
   const servers = [...upstream![2].matchAll(/^\s*server\s+([^\s;]+)/gm)].map((m) => m[1])
-  t.same(servers.sort(), replicaNames.map((name) => `${name}:${services[name].environment!.PORT}`).sort(), 'its servers are the replicas, on their PORT')
+  t.strictSame(servers.sort(), replicaNames.map((name) => `${name}:${services[name].environment!.PORT}`).sort(), 'its servers are the replicas, on their PORT')
   t.notMatch(upstream![2], /\b(ip_hash|hash|sticky)\b/, 'no stickiness: any replica answers any request')
   t.match(nginxConf, new RegExp(`proxy_pass http://${upstream![1]};`))
   const proxy = services.proxy
   t.ok(proxy.volumes?.includes('./nginx.conf:/etc/nginx/nginx.conf:ro'), 'nginx.conf mounted read-only')
   const origin = new URL(webappUrl)
-  t.same(proxy.ports?.map(loopbackPorts), [{ host: Number(origin.port), container: nginxListen }], 'WEBAPP_URL is the proxy\'s published port, on loopback')
+  t.strictSame(proxy.ports?.map(loopbackPorts), [{ host: Number(origin.port), container: nginxListen }], 'WEBAPP_URL is the proxy\'s published port, on loopback')
   t.match(proxy.depends_on, Object.fromEntries(replicaNames.map((name) => [name, { condition: 'service_healthy', restart: true }])))
 })
 
 t.test('the project is mounted without the host\'s node_modules', async (t) => {
   const mounting = Object.entries(services).filter(([, service]) => service.volumes?.some((v) => v.startsWith('../..:/app')))
-  t.same(mounting.map(([name]) => name).sort(), ['apiserver-1', 'apiserver-2', 'deps'])
+  t.strictSame(mounting.map(([name]) => name).sort(), ['apiserver-1', 'apiserver-2', 'deps'])
   for (const [name, service] of mounting) {
     t.ok(service.volumes!.some((v) => v === '/app/node_modules' || /^[\w-]+:\/app\/node_modules$/.test(v)), `${name}: /app/node_modules is a volume, not the host's directory`)
   }
   t.ok(compose.volumes !== undefined && 'node_modules' in compose.volumes, 'the shared volume is declared')
-  t.same(services.deps.command, ['npm', 'ci', '--no-audit', '--no-fund'], 'deps installs from the lock file')
+  t.strictSame(services.deps.command, ['npm', 'ci', '--no-audit', '--no-fund'], 'deps installs from the lock file')
 })
 
 t.test('every port is published on the host\'s loopback only', async (t) => {
@@ -251,8 +251,8 @@ t.test('the replicas\' configuration is one the plugin accepts, each URL reachab
   t.equal(config.clientId, client.clientId)
   t.equal(config.clientSecret, client.secret)
   t.equal(config.idpLogout, true)
-  t.same(weakSettings(config), [], 'a token_secret of 32 bytes or more')
-  t.same(config.groups.admins, ['kc-admins'])
+  t.strictSame(weakSettings(config), [], 'a token_secret of 32 bytes or more')
+  t.strictSame(config.groups.admins, ['kc-admins'])
   t.ok(realm.groups.some((g: { name: string }) => g.name === config.groups.admins[0]), 'the admins group exists in the realm')
   // Browser-facing: the browser follows them, so they carry the public name.
   t.equal(config.authorizeUrl, `${issuer}/protocol/openid-connect/auth`)
@@ -261,14 +261,14 @@ t.test('the replicas\' configuration is one the plugin accepts, each URL reachab
   const seen = namesSeenFrom(replicaNames[0])
   const internal = `http://keycloak:${keycloakEnv.KC_HTTP_PORT}/realms/${realm.realm}/protocol/openid-connect`
   t.ok(seen.has('keycloak'))
-  t.same([config.accessTokenUrl, config.jwksUrl, config.userinfoUrl], [`${internal}/token`, `${internal}/certs`, `${internal}/userinfo`])
+  t.strictSame([config.accessTokenUrl, config.jwksUrl, config.userinfoUrl], [`${internal}/token`, `${internal}/certs`, `${internal}/userinfo`])
   // base_url would be fetched (discovery) from the container, yet name the issuer: no one URL is both here.
   t.equal(config.baseUrl, undefined, 'base_url unset: discovery skipped, issuer from authorize_url')
 })
 
 t.test('the replicas\' health check passes against a running apiserver and fails without one', async (t) => {
   const test = services[replicaNames[0]].healthcheck!.test
-  t.same(test.slice(0, 3), ['CMD', 'node', '-e'])
+  t.strictSame(test.slice(0, 3), ['CMD', 'node', '-e'])
   t.match(test[3], `127.0.0.1:${apiserverEnv.PORT}/login.supported_modes`, 'asks the replica itself, on its PORT')
   const port = await freePort()
   const app = await buildApiserver({ env: clearmlVariables(apiserverEnv), webappUrl, directory: new MemoryDirectory(), logger: false })

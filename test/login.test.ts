@@ -25,8 +25,8 @@ t.test('a whitelisted new user is created in the company with the groups Keycloa
   const directory = acme()
   const result = await runLogin(groupsOn, directory, identity({ groups: ['/ml-team', '/data-science', '/not-in-clearml'] }))
   t.match(result, { created: true, role: 'user', company: { id: 'c-acme', name: 'Acme' }, groups: { added: ['ml-team', 'data-science'], removed: [] } })
-  t.same(directory.listUsers().map((u) => [u.name, u.email, u.company, u.role, u.givenName]), [['Ann', 'ann@acme.com', 'c-acme', 'user', 'Ann']])
-  t.same(directory.groupsOf(result.user.id), ['data-science', 'ml-team'])
+  t.strictSame(directory.listUsers().map((u) => [u.name, u.email, u.company, u.role, u.givenName]), [['Ann', 'ann@acme.com', 'c-acme', 'user', 'Ann']])
+  t.strictSame(directory.groupsOf(result.user.id), ['data-science', 'ml-team'])
   t.equal((await directory.findUserByIdentity('keycloak', 'kc-ann'))?.id, result.user.id, 'the Keycloak identity is linked')
 })
 
@@ -43,8 +43,8 @@ t.test('existing user whose groups vanished: logs in, memberships removed', asyn
   const directory = acme()
   const first = await runLogin(groupsOn, directory, identity({ groups: ['/ml-team', '/data-science'] }))
   const again = await runLogin(groupsOn, directory, identity({ groups: [] }))
-  t.same(again.groups, { added: [], removed: ['ml-team', 'data-science'] })
-  t.same(directory.groupsOf(first.user.id), [])
+  t.strictSame(again.groups, { added: [], removed: ['ml-team', 'data-science'] })
+  t.strictSame(directory.groupsOf(first.user.id), [])
 })
 
 t.test('an absent claim does not erase what ClearML has', async (t) => {
@@ -97,8 +97,8 @@ t.test('refusals change nothing', async (t) => {
   for (const [name, config, who, code] of rows) {
     const directory = acme()
     await t.rejects(runLogin(config, directory, who), { name: 'SsoError', code }, name)
-    t.same(directory.writes(), [], `${name}: no write`)
-    t.same(directory.listUsers(), [], `${name}: no user`)
+    t.strictSame(directory.writes(), [], `${name}: no write`)
+    t.strictSame(directory.listUsers(), [], `${name}: no user`)
   }
 })
 
@@ -106,7 +106,7 @@ t.test('an existing user whose company vanished is refused, unchanged', async (t
   const directory = acme()
   directory.addUser({ company: 'c-gone', name: 'Old', role: 'admin' }, { provider: 'keycloak', subject: 'kc-old' })
   await t.rejects(runLogin(groupsOn, directory, identity({ subject: 'kc-old' })), { code: 'unknown_company' })
-  t.same(directory.writes(), [])
+  t.strictSame(directory.writes(), [])
 })
 
 t.test('the number of directory calls does not grow with the number of groups', async (t) => {
@@ -123,7 +123,7 @@ t.test('the number of directory calls does not grow with the number of groups', 
   for (const returning of [false, true]) {
     const small = await measure(2, returning)
     const large = await measure(200, returning)
-    t.same(large, small, `${returning ? 'returning' : 'new'} user: same calls for 2 and 200 groups`)
+    t.strictSame(large, small, `${returning ? 'returning' : 'new'} user: same calls for 2 and 200 groups`)
     t.ok(large.length <= 7, `${large.length} calls: ${large.join(', ')}`)
   }
 })
@@ -133,7 +133,7 @@ t.test('concurrent first logins of the same subject create exactly one user', as
   const results = await Promise.all(Array.from({ length: 25 }, async () => await runLogin(groupsOn, directory, identity())))
   t.equal(new Set(results.map((r) => r.user.id)).size, 1)
   t.equal(directory.listUsers().length, 1)
-  t.same(directory.groupsOf(results[0].user.id), ['ml-team'])
+  t.strictSame(directory.groupsOf(results[0].user.id), ['ml-team'])
 })
 
 t.test('a failing directory: directory_error, and no write after the failure', async (t) => {
@@ -161,7 +161,7 @@ t.test('a failing directory: directory_error, and no write after the failure', a
       t.ok(error instanceof SsoError && error.code === 'directory_error', `${label}: directory_error`)
       t.match((error as Error).message, `directory.${method} failed`, `${label}: names the method, not the data`)
       const afterFailure = directory.calls.slice(directory.calls.lastIndexOf(method) + 1)
-      t.same(afterFailure.filter((m) => ['createUser', 'updateUser', 'updateUserGroups'].includes(m)), [], `${label}: no write after it`)
+      t.strictSame(afterFailure.filter((m) => ['createUser', 'updateUser', 'updateUserGroups'].includes(m)), [], `${label}: no write after it`)
     }
   }
 })

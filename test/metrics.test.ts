@@ -114,10 +114,10 @@ t.test('the example apiserver\'s /metrics after logins, a refusal, a key rotatio
   t.ok(valueOf(after.samples, 'clearml_sso_login_duration_seconds_sum', { outcome: 'ok' }) > 0, 'login durations are measured')
 
   t.match(events[diagnosticsChannels.login][0], { outcome: 'ok', created: true, durationMs: Number })
-  t.same(Object.keys(events[diagnosticsChannels.login][3] as object).sort(), ['code', 'durationMs', 'outcome'], 'a refusal: outcome, code, duration')
+  t.strictSame(Object.keys(events[diagnosticsChannels.login][3] as object).sort(), ['code', 'durationMs', 'outcome'], 'a refusal: outcome, code, duration')
   t.match(events[diagnosticsChannels.idpCall][0], { endpoint: 'discovery', status: 200, durationMs: Number })
-  t.same(events[diagnosticsChannels.jwksFetch], [{ reason: 'initial' }, { reason: 'unknown_kid' }])
-  t.same(events[diagnosticsChannels.authRefused], [{ code: 'invalid_token' }, { code: 'invalid_token', credential: 'session' }])
+  t.strictSame(events[diagnosticsChannels.jwksFetch], [{ reason: 'initial' }, { reason: 'unknown_kid' }])
+  t.strictSame(events[diagnosticsChannels.authRefused], [{ code: 'invalid_token' }, { code: 'invalid_token', credential: 'session' }])
 
   const seen = JSON.stringify(events) + after.text
   t.equal(codes.length, 5, 'five authorization codes went by')
@@ -147,7 +147,7 @@ t.test('events of a failing Keycloak, of the userinfo endpoint and of a stale ke
   await keySet.getKey(header, { payload: '', signature: '' } as never)
   await sleep(5)
   await keySet.getKey(header, { payload: '', signature: '' } as never)
-  t.same(events[diagnosticsChannels.jwksFetch], [{ reason: 'initial' }, { reason: 'max_age' }], 'a key set older than its maximum age is fetched again')
+  t.strictSame(events[diagnosticsChannels.jwksFetch], [{ reason: 'initial' }, { reason: 'max_age' }], 'a key set older than its maximum age is fetched again')
 })
 
 t.test('login outcomes: ok, refused (4xx codes), failed (5xx codes and bugs)', async (t) => {
@@ -163,11 +163,11 @@ t.test('login outcomes: ok, refused (4xx codes), failed (5xx codes and bugs)', a
     { outcome: 'failed', code: 'internal_error' }
   ] satisfies Array<Partial<LoginEvent>>)
   publishAuthRefused('admin_required', 'keycloak')
-  t.same(events[diagnosticsChannels.authRefused], [{ code: 'admin_required', credential: 'keycloak' }])
+  t.strictSame(events[diagnosticsChannels.authRefused], [{ code: 'admin_required', credential: 'keycloak' }])
 })
 
 t.test('without subscribers nothing is published, and everything still works', async (t) => {
   for (const name of Object.values(diagnosticsChannels)) t.notOk(hasSubscribers(name), `${name}: nobody listens`)
-  t.same(await observeLogin(async () => ({ created: true }), () => { throw new Error('not read without subscribers') }), { created: true })
+  t.strictSame(await observeLogin(async () => ({ created: true }), () => { throw new Error('not read without subscribers') }), { created: true })
   publishAuthRefused('invalid_token')
 })

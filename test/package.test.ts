@@ -63,12 +63,12 @@ t.test('source maps carry their sources, so stack traces name real lines without
     return !Array.isArray(map.sourcesContent) || map.sourcesContent.length !== map.sources.length ||
       map.sourcesContent.some((text: unknown) => typeof text !== 'string' || text === '')
   })
-  t.same(incomplete, [], 'every map has sourcesContent for every source')
+  t.strictSame(incomplete, [], 'every map has sourcesContent for every source')
   const orphans = files.filter((f) => f.endsWith('.js')).filter((f) => {
     const url = readFileSync(join(installed, f), 'utf8').match(/\/\/# sourceMappingURL=(\S+)\s*$/)?.[1]
     return url !== undefined && !files.includes(join(f, '..', url))
   })
-  t.same(orphans, [], 'every sourceMappingURL points at a shipped map')
+  t.strictSame(orphans, [], 'every sourceMappingURL points at a shipped map')
 })
 
 t.test('installed with only fastify beside it, Node imports it and it answers', async (t) => {
@@ -110,7 +110,7 @@ t.test('no declaration file imports tap', async (t) => {
     ts.preProcessFile(readFileSync(join(installed, file), 'utf8'), true, true).importedFiles.some((imported) => imported.fileName === 'tap')
   const declarations = files.filter((f) => f.endsWith('.d.ts'))
   t.ok(declarations.includes('dist/lib/test-directory.d.ts'), 'testDirectory has declarations')
-  t.same(declarations.filter(importsTap), [])
+  t.strictSame(declarations.filter(importsTap), [])
 })
 
 // The README's snippet, word for word, plus a host directory typed with the exported types.
@@ -266,6 +266,6 @@ t.test('every type a public signature names is exported', async (t) => {
       continue
     }
     const missing = unexportedPublicTypes(declarations, installed, opaque)
-    t.same(missing, [], `${subpath}: nothing used but not exported`)
+    t.strictSame(missing, [], `${subpath}: nothing used but not exported`)
   }
 })

@@ -57,7 +57,7 @@ t.test('decorators, redacted config, and unknown-key warnings in the log', async
   t.match(lines.join(''), `${KC}colour is not a known Keycloak setting`)
   t.equal(app.keycloak.config.clientId, 'clearml')
   t.notMatch(JSON.stringify(app.keycloak.config), 'token-secret')
-  t.same(await app.keycloak.supportedModes(), {
+  t.strictSame(await app.keycloak.supportedModes(), {
     authenticated: false,
     sso: { keycloak: '/login/keycloak' },
     sso_providers: [{ name: 'keycloak', display_name: 'Keycloak', url: '/login/keycloak' }]

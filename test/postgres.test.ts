@@ -72,35 +72,35 @@ await testDirectory(async (fixture) => {
 
 t.test('seeding and inspection helpers, as MemoryDirectory has them', async (t) => {
   const directory = await acmeDirectory('helpers')
-  t.same(await directory.addCompany({ id: 'c-acme', name: 'Acme Corp' }), { id: 'c-acme', name: 'Acme Corp' }, 'a company is replaced by id')
-  t.same(await directory.getCompany('c-acme'), { id: 'c-acme', name: 'Acme Corp' })
+  t.strictSame(await directory.addCompany({ id: 'c-acme', name: 'Acme Corp' }), { id: 'c-acme', name: 'Acme Corp' }, 'a company is replaced by id')
+  t.strictSame(await directory.getCompany('c-acme'), { id: 'c-acme', name: 'Acme Corp' })
   const ml = await directory.addGroup('c-acme', 'ml-team')
-  t.same(await directory.addGroup('c-acme', 'ml-team'), ml, 'adding a group twice answers the same group')
+  t.strictSame(await directory.addGroup('c-acme', 'ml-team'), ml, 'adding a group twice answers the same group')
   t.match(ml.id, /^[0-9a-f]{32}$/, 'ids are ClearML-shaped: 32 hex characters')
 
   const fixed = await directory.addUser({ id: 'u-fixed', company: 'c-acme', name: 'Fixed', role: 'user' })
-  t.same(fixed, { id: 'u-fixed', company: 'c-acme', name: 'Fixed', role: 'user' }, 'absent optional fields stay absent')
+  t.strictSame(fixed, { id: 'u-fixed', company: 'c-acme', name: 'Fixed', role: 'user' }, 'absent optional fields stay absent')
   const full = await directory.addUser(
     { company: 'c-acme', name: 'Full', email: 'full@acme.com', role: 'admin', givenName: 'Fu', familyName: 'Ll', avatar: 'https://img/f.png' },
     identity('s-full'))
   t.match(full, { company: 'c-acme', name: 'Full', email: 'full@acme.com', role: 'admin', givenName: 'Fu', familyName: 'Ll', avatar: 'https://img/f.png' })
   t.match(full.id, /^[0-9a-f]{32}$/)
-  t.same(await directory.findUserByIdentity('keycloak', 's-full'), full, 'addUser links the identity')
-  t.same(await directory.addUser({ id: 'u-fixed', company: 'c-acme', name: 'Fixed again', role: 'guest' }), { id: 'u-fixed', company: 'c-acme', name: 'Fixed again', role: 'guest' }, 'a user is replaced by id')
-  t.same((await directory.listUsers()).map((user) => user.name), ['Fixed again', 'Full'], 'users oldest first')
+  t.strictSame(await directory.findUserByIdentity('keycloak', 's-full'), full, 'addUser links the identity')
+  t.strictSame(await directory.addUser({ id: 'u-fixed', company: 'c-acme', name: 'Fixed again', role: 'guest' }), { id: 'u-fixed', company: 'c-acme', name: 'Fixed again', role: 'guest' }, 'a user is replaced by id')
+  t.strictSame((await directory.listUsers()).map((user) => user.name), ['Fixed again', 'Full'], 'users oldest first')
   const patched = await directory.updateUser('u-fixed', { email: 'fixed@acme.com', givenName: 'Fi', familyName: 'Xed', avatar: 'https://img/x.png' })
-  t.same(patched, { id: 'u-fixed', company: 'c-acme', name: 'Fixed again', email: 'fixed@acme.com', role: 'guest', givenName: 'Fi', familyName: 'Xed', avatar: 'https://img/x.png' }, 'updateUser sets each profile field')
-  t.same(await directory.updateUser('u-fixed', {}), patched, 'an empty patch changes nothing')
+  t.strictSame(patched, { id: 'u-fixed', company: 'c-acme', name: 'Fixed again', email: 'fixed@acme.com', role: 'guest', givenName: 'Fi', familyName: 'Xed', avatar: 'https://img/x.png' }, 'updateUser sets each profile field')
+  t.strictSame(await directory.updateUser('u-fixed', {}), patched, 'an empty patch changes nothing')
 
   await directory.updateUserGroups(full.id, { add: [ml.id, (await directory.addGroup('c-acme', 'Zeta')).id, (await directory.addGroup('c-acme', 'alpha')).id], remove: [] })
-  t.same(await directory.groupsOf(full.id), ['Zeta', 'alpha', 'ml-team'], 'names sorted by code point, as JavaScript sorts')
-  t.same(await directory.groupsOf('u-nobody'), [])
+  t.strictSame(await directory.groupsOf(full.id), ['Zeta', 'alpha', 'ml-team'], 'names sorted by code point, as JavaScript sorts')
+  t.strictSame(await directory.groupsOf('u-nobody'), [])
 
   await directory.addWhitelistEntry({ email: 'Vip@Partner.io', domain: 'partner.io', company: 'c-acme', role: 'admin' })
-  t.same(await directory.findWhitelistEntry('vip@partner.io'), { company: 'c-acme', role: 'admin' }, 'email and domain in one seed')
-  t.same(await directory.findWhitelistEntry('other@PARTNER.io'), { company: 'c-acme', role: 'admin' })
+  t.strictSame(await directory.findWhitelistEntry('vip@partner.io'), { company: 'c-acme', role: 'admin' }, 'email and domain in one seed')
+  t.strictSame(await directory.findWhitelistEntry('other@PARTNER.io'), { company: 'c-acme', role: 'admin' })
   await directory.addWhitelistEntry({ domain: 'PARTNER.IO', company: 'c-acme' })
-  t.same(await directory.findWhitelistEntry('other@partner.io'), { company: 'c-acme' }, 'one entry per domain whatever its case: replaced')
+  t.strictSame(await directory.findWhitelistEntry('other@partner.io'), { company: 'c-acme' }, 'one entry per domain whatever its case: replaced')
   t.equal(await directory.findWhitelistEntry('partner.io'), null, 'a bare domain is not an address at it')
   t.equal(await count(directory.schema, 'whitelist_entries'), 3)
 })
@@ -122,7 +122,7 @@ t.test('refusals have stable codes and change nothing', async (t) => {
   await t.rejects(directory.updateUser(bob.id, { name: 'Bob renamed', linkIdentity: identity('s-ann') }), code('identity_taken'))
   t.equal((await directory.findUserByIdentity('keycloak', 's-ann'))?.id, ann.id, 'the identity stays with its owner')
   await t.rejects(directory.addUser({ company: 'c-acme', name: 'Carl', role: 'user' }, identity('s-ann')), code('identity_taken'))
-  t.same(await directory.listUsers(), [...before.users, bob], 'the refused rename and the refused new user were rolled back')
+  t.strictSame(await directory.listUsers(), [...before.users, bob], 'the refused rename and the refused new user were rolled back')
 
   const nul = 'a\u0000b'
   await t.rejects(directory.findUserByIdentity('keycloak', nul), code('invalid_input'))
@@ -131,8 +131,8 @@ t.test('refusals have stable codes and change nothing', async (t) => {
   const refused = await directory.findUserByIdentity('keycloak', nul).catch((err: unknown) => err)
   t.ok(refused instanceof PostgresDirectoryError && !refused.message.includes(nul), 'the message does not echo the value')
 
-  t.same(await directory.findGroupsByName('c-acme', ["ml-team'); DROP TABLE groups; --"], { caseSensitive: false }), [], 'values are parameters, never SQL')
-  t.same(await directory.listUsers(), [...before.users, bob])
+  t.strictSame(await directory.findGroupsByName('c-acme', ["ml-team'); DROP TABLE groups; --"], { caseSensitive: false }), [], 'values are parameters, never SQL')
+  t.strictSame(await directory.listUsers(), [...before.users, bob])
   t.equal(await count(directory.schema, 'whitelist_entries'), before.whitelist)
   t.equal(await count(directory.schema, 'groups'), before.groups)
 })
@@ -156,10 +156,10 @@ t.test('50 concurrent first logins of one identity through two pools make one us
   const ids = new Set(users.map((user) => user.id))
   t.equal(ids.size, 1, 'every call answers the same user')
   const [winner] = users
-  t.same(users.filter((user) => user.name !== winner.name), [], 'the losers get the winner unchanged')
+  t.strictSame(users.filter((user) => user.name !== winner.name), [], 'the losers get the winner unchanged')
   t.equal(await count(schema, 'users'), 1, 'no orphan user rows from the losing transactions')
   t.equal(await count(schema, 'identities'), 1)
-  t.same(await replicas[1].findUserByIdentity('keycloak', 's-racer'), winner)
+  t.strictSame(await replicas[1].findUserByIdentity('keycloak', 's-racer'), winner)
 })
 
 /** What createPostgresSchema made, down to object ids: equal snapshots mean nothing was rebuilt. */
@@ -176,22 +176,22 @@ t.test('createPostgresSchema: three replicas at once, then again: one creation, 
   const schema = freshSchema('replicas')
   const replicas = [newPool({ max: 1 }), newPool({ max: 1 }), newPool({ max: 1 })]
   const results = await Promise.all(replicas.map(async (on) => await createPostgresSchema(on, { schema })))
-  t.same(results.map((result) => result.applied).sort(), [[], [], [1]], 'one replica created the tables, the others found them')
-  t.same(results.map((result) => result.version), [SCHEMA_VERSION, SCHEMA_VERSION, SCHEMA_VERSION])
+  t.strictSame(results.map((result) => result.applied).sort(), [[], [], [1]], 'one replica created the tables, the others found them')
+  t.strictSame(results.map((result) => result.version), [SCHEMA_VERSION, SCHEMA_VERSION, SCHEMA_VERSION])
 
   const directory = new PostgresDirectory({ pool: replicas[0], schema })
   await directory.addCompany({ id: 'c-acme', name: 'Acme' })
   const user = await directory.createUser({ company: 'c-acme', name: 'Kept', role: 'user', identity: identity('s-kept') })
   const tables = await catalog(schema)
-  t.same((tables as Array<{ relname: string, relkind: string }>).filter((rel) => rel.relkind === 'r').map((rel) => rel.relname),
+  t.strictSame((tables as Array<{ relname: string, relkind: string }>).filter((rel) => rel.relkind === 'r').map((rel) => rel.relname),
     ['clearml_keycloak_schema', 'companies', 'groups', 'identities', 'memberships', 'users', 'whitelist_entries'])
   const versions = (await pool.query(`SELECT version, applied_at, xmin::text FROM "${schema}".clearml_keycloak_schema`)).rows
 
   const again = await Promise.all(replicas.map(async (on) => await createPostgresSchema(on, { schema })))
-  t.same(again, replicas.map(() => ({ schema, version: SCHEMA_VERSION, applied: [] })))
-  t.same(await catalog(schema), tables, 'the same tables, indexes and constraints, none rebuilt')
-  t.same((await pool.query(`SELECT version, applied_at, xmin::text FROM "${schema}".clearml_keycloak_schema`)).rows, versions)
-  t.same(await directory.listUsers(), [user], 'data untouched')
+  t.strictSame(again, replicas.map(() => ({ schema, version: SCHEMA_VERSION, applied: [] })))
+  t.strictSame(await catalog(schema), tables, 'the same tables, indexes and constraints, none rebuilt')
+  t.strictSame((await pool.query(`SELECT version, applied_at, xmin::text FROM "${schema}".clearml_keycloak_schema`)).rows, versions)
+  t.strictSame(await directory.listUsers(), [user], 'data untouched')
 })
 
 t.test('createPostgresSchema on every start needs no DDL rights once the schema is current', async (t) => {
@@ -201,7 +201,7 @@ t.test('createPostgresSchema on every start needs no DDL rights once the schema 
   await pool.query(`GRANT USAGE ON SCHEMA ${schema} TO ${schema}_app`)
   await pool.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ${schema} TO ${schema}_app`)
   const app = newPool({ connectionString: `postgresql://${schema}_app@127.0.0.1:${server.port}/postgres` })
-  t.same(await createPostgresSchema(app, { schema }), { schema, version: SCHEMA_VERSION, applied: [] })
+  t.strictSame(await createPostgresSchema(app, { schema }), { schema, version: SCHEMA_VERSION, applied: [] })
   const directory = new PostgresDirectory({ pool: app, schema })
   await directory.addCompany({ id: 'c-acme', name: 'Acme' })
   t.ok(await directory.createUser({ company: 'c-acme', name: 'Runtime', role: 'user', identity: identity('s-rt') }), 'the directory needs only DML rights')
@@ -209,19 +209,19 @@ t.test('createPostgresSchema on every start needs no DDL rights once the schema 
 })
 
 t.test('without a schema option: the tables live in public', async (t) => {
-  t.same(await createPostgresSchema(pool), { schema: 'public', version: SCHEMA_VERSION, applied: [1] })
+  t.strictSame(await createPostgresSchema(pool), { schema: 'public', version: SCHEMA_VERSION, applied: [1] })
   const directory = new PostgresDirectory({ pool })
   t.equal(directory.schema, 'public')
   await directory.addCompany({ id: 'c-public', name: 'Public' })
-  t.same((await pool.query('SELECT id, name FROM public.companies')).rows, [{ id: 'c-public', name: 'Public' }])
+  t.strictSame((await pool.query('SELECT id, name FROM public.companies')).rows, [{ id: 'c-public', name: 'Public' }])
 })
 
 t.test('schema names: quoted as given, refused when PostgreSQL could not keep them apart', async (t) => {
   const odd = 'Tenant "A"; DROP SCHEMA public CASCADE; --'
-  t.same(await createPostgresSchema(pool, { schema: odd }), { schema: odd, version: SCHEMA_VERSION, applied: [1] })
+  t.strictSame(await createPostgresSchema(pool, { schema: odd }), { schema: odd, version: SCHEMA_VERSION, applied: [1] })
   const tenant = new PostgresDirectory({ pool, schema: odd })
   await tenant.addCompany({ id: 'c-t', name: 'Tenant' })
-  t.same(await tenant.getCompany('c-t'), { id: 'c-t', name: 'Tenant' })
+  t.strictSame(await tenant.getCompany('c-t'), { id: 'c-t', name: 'Tenant' })
   t.equal((await pool.query("SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = 'public'")).rows[0].n, 1, 'public is still there')
   const elsewhere = freshSchema('elsewhere')
   await createPostgresSchema(pool, { schema: elsewhere })
@@ -241,7 +241,7 @@ t.test('createPostgresSchema next to another application\'s users table: refused
   const refused = await createPostgresSchema(pool, { schema }).catch((err: unknown) => err)
   t.match(refused, { code: 'schema_conflict', message: /relation "users" already exists.*option `schema`/ })
   const { rows } = await pool.query('SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND relkind = \'r\'', [schema])
-  t.same(rows, [{ relname: 'users' }], 'the tables created before the conflict were rolled back')
+  t.strictSame(rows, [{ relname: 'users' }], 'the tables created before the conflict were rolled back')
 })
 
 t.test('a failing updateUserGroups changes nothing', async (t) => {
@@ -249,16 +249,16 @@ t.test('a failing updateUserGroups changes nothing', async (t) => {
   const user = await directory.createUser({ company: 'c-acme', name: 'Gus', role: 'user', identity: identity('s-gus') })
   const { ml, ds } = await acmeGroups(directory)
   await directory.updateUserGroups(user.id, { add: [ml.id, ml.id], remove: [] })
-  t.same(await directory.groupsOf(user.id), ['ml-team'], 'a repeated id is one membership')
+  t.strictSame(await directory.groupsOf(user.id), ['ml-team'], 'a repeated id is one membership')
 
   await t.rejects(directory.updateUserGroups(user.id, { add: [ds.id, 'g-missing'], remove: [ml.id] }), code('unknown_group'))
   await t.rejects(directory.updateUserGroups(user.id, { add: [ds.id], remove: ['g-missing'] }), code('unknown_group'), 'an unknown id to remove too')
-  t.same(await directory.groupsOf(user.id), ['ml-team'], 'neither the removal nor the valid addition happened')
+  t.strictSame(await directory.groupsOf(user.id), ['ml-team'], 'neither the removal nor the valid addition happened')
   await t.rejects(directory.updateUserGroups('u-missing', { add: [ds.id], remove: [] }), code('unknown_user'))
   t.equal(await count(directory.schema, 'memberships'), 1)
 
   await directory.updateUserGroups(user.id, { add: [ds.id, ml.id], remove: [ml.id] })
-  t.same(await directory.groupsOf(user.id), ['data-science', 'ml-team'], 'an id in both lists ends up a membership, as in MemoryDirectory')
+  t.strictSame(await directory.groupsOf(user.id), ['data-science', 'ml-team'], 'an id in both lists ends up a membership, as in MemoryDirectory')
 })
 
 async function until (condition: () => Promise<boolean>, what: string): Promise<void> {
@@ -290,7 +290,7 @@ t.test('PostgreSQL stopped mid-run: calls reject; started again, the same direct
     t.match(await change, { code: '57P01' }, 'the change fails: PostgreSQL ended the session (admin_shutdown)')
     await holder.end().catch(() => {})
     await server.start()
-    t.same(await directory.groupsOf(user.id), ['ml-team'], 'nothing was half-written')
+    t.strictSame(await directory.groupsOf(user.id), ['ml-team'], 'nothing was half-written')
   })
 
   await server.stop()
@@ -305,11 +305,11 @@ t.test('PostgreSQL stopped mid-run: calls reject; started again, the same direct
   for (const [name, call] of calls) await t.rejects(call(), Error, `${name} rejects while PostgreSQL is down`)
   await server.start()
 
-  t.same(await directory.findUserByIdentity('keycloak', 's-olga'), user, 'the same directory and pool, not rebuilt')
+  t.strictSame(await directory.findUserByIdentity('keycloak', 's-olga'), user, 'the same directory and pool, not rebuilt')
   t.equal((await directory.findUserByIdentity('keycloak', 's-new')), null, 'the refused createUser left nothing')
   t.match(await directory.updateUser(user.id, { name: 'Renamed' }), { name: 'Renamed' })
   await directory.updateUserGroups(user.id, { add: [ds.id], remove: [] })
-  t.same(await directory.groupsOf(user.id), ['data-science', 'ml-team'])
+  t.strictSame(await directory.groupsOf(user.id), ['data-science', 'ml-team'])
 })
 
 t.test('through the plugin: logins write PostgreSQL; with it stopped, directory_error and nothing half-written', async (t) => {
@@ -321,7 +321,7 @@ t.test('through the plugin: logins write PostgreSQL; with it stopped, directory_
   t.equal(final.body, 'home')
   const [bob] = await directory.listUsers()
   t.match(bob, { company: 'c-acme', name: 'Bob Builder', email: 'bob@acme.com', role: 'user', givenName: 'Bob', familyName: 'Builder' })
-  t.same(await directory.groupsOf(bob.id), ['data-science', 'ml-team'], 'groups from /ml-team and /research/data-science')
+  t.strictSame(await directory.groupsOf(bob.id), ['data-science', 'ml-team'], 'groups from /ml-team and /research/data-science')
   t.match(decodeJwt(agent.cookies(stack.appUrl).get('clearml_token_basic')!), { identity: { user: bob.id, company: 'c-acme', company_name: 'Acme' } })
 
   // Dave reaches Keycloak's redirect back while PostgreSQL runs; it stops before the callback.
@@ -346,12 +346,12 @@ t.test('through the plugin: logins write PostgreSQL; with it stopped, directory_
   t.equal(bobAgain.url, `${stack.appUrl}/login?sso_error=directory_error`, 'a returning user too')
 
   await server.start()
-  t.same(await directory.listUsers(), [bob], 'no user was created or changed while PostgreSQL was down')
-  t.same(await directory.groupsOf(bob.id), ['data-science', 'ml-team'])
+  t.strictSame(await directory.listUsers(), [bob], 'no user was created or changed while PostgreSQL was down')
+  t.strictSame(await directory.groupsOf(bob.id), ['data-science', 'ml-team'])
   t.equal((await stack.login('dave')).final.body, 'home', 'after the restart logins work again')
   t.equal((await stack.login('bob')).final.body, 'home')
   const users = await directory.listUsers()
-  t.same(users.map((user) => user.name), ['Bob Builder', 'Dave Nogroup'])
+  t.strictSame(users.map((user) => user.name), ['Bob Builder', 'Dave Nogroup'])
   t.equal(users[0].id, bob.id, 'bob is still the same ClearML user')
 
   const logs = stack.logs.join('')

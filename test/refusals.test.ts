@@ -20,7 +20,7 @@ function assertRefused (t: Test, stack: Stack, answer: { status: number, locatio
   t.equal(answer.status, 302)
   t.equal(answer.location, `${stack.appUrl}/login?sso_error=${code}`, `refused with ${code}`)
   t.notOk(answer.setCookies.some((c) => /^clearml_token_basic=[^;]/.test(c)), 'no session cookie')
-  t.same(stack.directory.listUsers(), [], 'no user created')
+  t.strictSame(stack.directory.listUsers(), [], 'no user created')
   t.match(stack.logs.join(''), `"code":"${code}"`, 'the reason is in the log')
 }
 
@@ -80,7 +80,7 @@ t.test('invalid state: replayed callback, tampered or missing state, no transact
   const replay = await replayer.request(callbackUrl)
   t.equal(replay.location, `${stack.appUrl}/login?sso_error=invalid_state`)
   t.notOk(replay.setCookies.some((c) => /^clearml_token_basic=[^;]/.test(c)))
-  t.same(stack.directory.listUsers(), [user])
+  t.strictSame(stack.directory.listUsers(), [user])
 
   const garbled = new UserAgent()
   garbled.setCookie(stack.appUrl, cookieName, sealed.slice(0, -4) + 'AAAA')
@@ -90,7 +90,7 @@ t.test('invalid state: replayed callback, tampered or missing state, no transact
   const noCode = new URL(bob.callbackUrl)
   noCode.searchParams.delete('code')
   t.equal((await bob.agent.request(noCode.href)).location, `${stack.appUrl}/login?sso_error=invalid_state`, 'a callback without a code')
-  t.same(stack.directory.listUsers(), [user])
+  t.strictSame(stack.directory.listUsers(), [user])
 })
 
 t.test('RFC 9207: an iss parameter naming another issuer is refused', async (t) => {
@@ -128,7 +128,7 @@ t.test('token exchange refused: a code redeemed twice', async (t) => {
   const answer = await second.agent.request(forged.href)
   t.equal(answer.location, `${stack.appUrl}/login?sso_error=token_exchange_failed`)
   t.notOk(answer.setCookies.some((c) => /^clearml_token_basic=[^;]/.test(c)))
-  t.same(stack.directory.listUsers(), before, 'bob was not created')
+  t.strictSame(stack.directory.listUsers(), before, 'bob was not created')
   t.notMatch(stack.logs.join(''), usedCode, 'the code is not logged')
 })
 
@@ -165,5 +165,5 @@ t.test('JSON routes answer refusals in the envelope with the HTTP status of SPEC
   const notJson = await fetch(`${stack.appUrl}/login.sso_callback`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"args":' })
   t.equal(notJson.status, 400)
   t.match(await notJson.json(), { data: { error: 'bad_request' } })
-  t.same(stack.directory.listUsers(), [])
+  t.strictSame(stack.directory.listUsers(), [])
 })

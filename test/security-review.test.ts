@@ -20,7 +20,7 @@ t.test('1. the whitelist admits only emails Keycloak verified', async (t) => {
   t.teardown(stack.close)
   const { final } = await stack.login('eve')
   t.equal(final.url, `${stack.appUrl}/login?sso_error=email_not_verified`, 'refused with email_not_verified')
-  t.same(stack.directory.listUsers(), [], 'nobody created')
+  t.strictSame(stack.directory.listUsers(), [], 'nobody created')
   t.match(stack.logs.join(''), /"code":"email_not_verified"/)
 
   const trusting = await startStack({ env: { [`${KC}trust_unverified_email`]: 'true' } })
@@ -120,7 +120,7 @@ t.test('4. a cross-site navigation never logs anyone out', async (t) => {
   const fromEvil = await agent.request(`${stack.appUrl}/logout`, { headers: { 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'navigate' } })
   t.equal(fromEvil.status, 302)
   t.equal(fromEvil.location, `${stack.appUrl}/`, 'a link on another site lands on the web app')
-  t.same(fromEvil.setCookies, [], 'no cookie cleared')
+  t.strictSame(fromEvil.setCookies, [], 'no cookie cleared')
   t.equal(await me(), 200, 'still logged in')
   const jsonGet = await agent.request(`${stack.appUrl}/login.logout`, { headers: { 'sec-fetch-site': 'cross-site' } })
   t.equal(jsonGet.status, 400)
@@ -184,7 +184,7 @@ t.test('7. a short token_secret is a warning at register time, its value never s
     env: { [`${KC}base_url`]: 'https://kc.example.com/realms/clearml', [`${KC_SECURE}client_id`]: 'clearml', [`${KC_SECURE}client_secret`]: 'secret', CLEARML__secure__auth__token_secret: 'x'.repeat(32) }
   })
   await strong.ready()
-  t.same(lines, [], 'a 32-byte secret loads silently')
+  t.strictSame(lines, [], 'a 32-byte secret loads silently')
 })
 
 t.test('3. a host\'s own revocation store: without the optional methods, or with failing ones', async (t) => {

@@ -273,7 +273,7 @@ t.test('login transaction slots: a free slot first, else the oldest login', asyn
 })
 
 t.test('environment reading skips undefined values and bare prefixes', async (t) => {
-  t.same([...readClearmlEnv({ CLEARML__a: undefined, CLEARML__b: '1' }).keys()], ['b'])
+  t.strictSame([...readClearmlEnv({ CLEARML__a: undefined, CLEARML__b: '1' }).keys()], ['b'])
 })
 
 t.test('whitelist look-up of an address without a domain', async (t) => {
@@ -290,8 +290,8 @@ t.test('callJson: empty bodies, missing content type', async (t) => {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => { server.close() })
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
-  t.same(await callJson(`${base}/empty`, { timeoutMs: 1000, what: 'x' }), { status: 204, contentType: '', body: '' })
-  t.same((await callJson(`${base}/plain`, { timeoutMs: 1000, what: 'x' })).body, '{"a":1}', 'without a JSON content type, the text is kept')
+  t.strictSame(await callJson(`${base}/empty`, { timeoutMs: 1000, what: 'x' }), { status: 204, contentType: '', body: '' })
+  t.strictSame((await callJson(`${base}/plain`, { timeoutMs: 1000, what: 'x' })).body, '{"a":1}', 'without a JSON content type, the text is kept')
   await t.rejects(callJson('http://127.0.0.1:1/', { timeoutMs: 1000, what: 'x' }), { code: 'idp_unavailable', message: 'x could not be reached' })
 })
 
@@ -309,8 +309,8 @@ t.test('callJson retries once when a kept-alive socket was closed by the server'
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => { server.close() })
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
-  t.same((await callJson(`${base}/a`, { timeoutMs: 1000, what: 'x' })).body, { ok: true })
-  t.same((await callJson(`${base}/b`, { timeoutMs: 1000, what: 'x' })).body, { ok: true }, 'the reset reused socket is retried on a new one')
+  t.strictSame((await callJson(`${base}/a`, { timeoutMs: 1000, what: 'x' })).body, { ok: true })
+  t.strictSame((await callJson(`${base}/b`, { timeoutMs: 1000, what: 'x' })).body, { ok: true }, 'the reset reused socket is retried on a new one')
   t.equal(connections, 2)
   await t.rejects(callJson(`${base}/always-reset`, { timeoutMs: 1000, what: 'x' }), { code: 'idp_unavailable' }, 'a reset on a fresh socket is not retried')
 })
