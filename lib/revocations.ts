@@ -54,8 +54,8 @@ export class OnceClaims {
 
   claim (key: string, expiresAt: number): boolean {
     const now = nowSec()
-    const previous = this.#claimed.get(key)
-    if (previous !== undefined && previous > now) return false
+    // A key never claimed counts as claimed until 0: long expired.
+    if ((this.#claimed.get(key) ?? 0) > now) return false
     while (this.#head < this.#order.length) {
       const oldest = this.#order[this.#head]
       // Still full of live claims: the oldest is forgotten. A claim is a second line of defence (the
