@@ -61,7 +61,7 @@ t.test('return path after login: only same-origin relative paths, everything els
 t.test('post-logout redirect: the web app\'s origin only', async (t) => {
   const webapp = 'https://clearml.example.com'
   const fallback = 'https://clearml.example.com/login'
-  const rows: Array<[unknown, string]> = [
+  const rows: Array<[unknown, string, string?]> = [
     ['https://clearml.example.com/bye', 'https://clearml.example.com/bye'],
     ['/bye', 'https://clearml.example.com/bye'],
     ['https://clearml.example.com.evil.example/', fallback],
@@ -71,10 +71,15 @@ t.test('post-logout redirect: the web app\'s origin only', async (t) => {
     ['https://[bad', fallback],
     ['', fallback],
     [undefined, fallback],
-    ['/' + 'a'.repeat(3000), fallback]
+    ['/' + 'a'.repeat(3000), fallback],
+    [`${webapp}/${'a'.repeat(2048 - webapp.length - 1)}`, `${webapp}/${'a'.repeat(2048 - webapp.length - 1)}`, 'a URL of 2048 characters is kept'],
+    [`${webapp}/${'a'.repeat(2048 - webapp.length)}`, fallback, 'one of 2049 is not']
   ]
-  for (const [input, expected] of rows) t.equal(sameOriginUrl(input, webapp, fallback), expected, JSON.stringify(input))
+  for (const [input, expected, why] of rows) t.equal(sameOriginUrl(input, webapp, fallback), expected, why ?? JSON.stringify(input))
 })
+
+const FORGOTTEN_WARNING = (forgotten: number) => `fastify-clearml-keycloak: the in-memory revocation store held ${forgotten} live revocations (its bound); ` +
+  'every session issued until now must log in again. Share a RedisRevocationStore, or raise "max".'
 
 t.test('revocation store: revoked until the session would expire; a full store fails closed and says so once', async (t) => {
   const warnings: Array<{ object: Record<string, unknown>, message: string }> = []
@@ -85,6 +90,7 @@ t.test('revocation store: revoked until the session would expire; a full store f
   await store.revoke('a', later)
   t.equal(store.isRevoked('a', now), true)
   t.equal(store.isRevoked('b', now), false)
+  t.equal(store.isRevoked('b'), false, 'while nothing was forgotten, a session of unknown issue time is judged by its id alone')
   await store.revoke('expired-already', now - 1)
   t.equal(store.size, 1, 'a revocation of an expired session is not kept')
   await store.revoke('b', later)
@@ -96,18 +102,20 @@ t.test('revocation store: revoked until the session would expire; a full store f
   for (const id of ['a', 'b', 'c', 'd']) t.equal(store.isRevoked(id, now), true, `revoked session ${id} stays refused`)
   t.equal(store.isRevoked('never-revoked', now - 100), true, 'an older session that was never revoked must log in again')
   t.equal(store.isRevoked('never-revoked'), true, 'so must a session whose issue time is not known')
+  t.equal(store.isRevoked('fresh', store.refusedUntil), true, 'a session issued in the second it forgot is refused too')
   t.equal(store.isRevoked('fresh', store.refusedUntil + 1), false, 'a session issued afterwards is accepted')
   await store.revoke('e', later)
   await store.revoke('f', later)
   await store.revoke('g', later)
   t.equal(warnings.length, 1, 'said once in the log, however often it happens')
-  t.match(warnings[0].message, /every session issued until now must log in again/)
-  t.match(warnings[0].object, { forgotten: 3 })
+  t.equal(warnings[0].message, FORGOTTEN_WARNING(3), 'what happened, what it costs the users, and the fix')
+  t.strictSame(warnings[0].object, { forgotten: 3, refusedUntil: store.refusedUntil })
 
   const soon = new MemoryRevocationStore({ max: 2 })
   await soon.revoke('x', Date.now() / 1000 + 0.05)
   await soon.revoke('y', later)
   await new Promise((resolve) => setTimeout(resolve, 80))
+  t.equal(soon.size, 2, 'an expired revocation is swept when room is needed or when it is asked about: a logout does not scan the store')
   t.equal(soon.isRevoked('x', now), false, 'forgotten once the session has expired')
   await soon.revoke('x2', Date.now() / 1000 + 0.05)
   await new Promise((resolve) => setTimeout(resolve, 80))
@@ -118,8 +126,8 @@ t.test('revocation store: revoked until the session would expire; a full store f
 })
 
 t.test('revocation store without a log warns through process warnings', async (t) => {
-  const emitted: string[] = []
-  const listener = (warning: Error) => { emitted.push(warning.message) }
+  const emitted: Array<{ message: string, code?: string }> = []
+  const listener = (warning: Error & { code?: string }) => { emitted.push({ message: warning.message, code: warning.code }) }
   process.on('warning', listener)
   t.teardown(() => { process.off('warning', listener) })
   const store = new MemoryRevocationStore({ max: 1 })
@@ -127,9 +135,73 @@ t.test('revocation store without a log warns through process warnings', async (t
   await store.revoke('a', later)
   await store.revoke('b', later)
   await new Promise((resolve) => setImmediate(resolve))
-  t.equal(emitted.length, 1)
-  t.match(emitted[0], /must log in again/)
+  t.strictSame(emitted, [{ message: FORGOTTEN_WARNING(1), code: 'CLEARML_KC_REVOCATIONS_FORGOTTEN' }], 'a code to filter it by (--disable-warning)')
   store.useLog({ warn: () => { t.fail('already warned') } })
+
+  // The plugin hands the store its logger: the warning then goes to the log, not to process warnings.
+  const logged: string[] = []
+  const late = new MemoryRevocationStore({ max: 1 })
+  late.useLog({ warn: (object, message) => { logged.push(message) } })
+  await late.revoke('a', later)
+  await late.revoke('b', later)
+  t.strictSame(logged, [FORGOTTEN_WARNING(1)], 'a store built without a log warns through the one it is given')
+  const own: string[] = []
+  const given = new MemoryRevocationStore({ max: 1, log: { warn: (object, message) => { own.push(message) } } })
+  given.useLog({ warn: () => { t.fail('a store built with a log keeps it') } })
+  await given.revoke('a', later)
+  await given.revoke('b', later)
+  t.equal(own.length, 1, 'a store built with a log keeps it')
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(emitted.length, 1, 'neither emitted a process warning')
+})
+
+t.test('revocation store: expiry to the second, on a fixed clock', async (t) => {
+  let clock = 1_800_000_000
+  t.capture(Date, 'now', () => clock * 1000)
+  const store = new MemoryRevocationStore({ max: 2, maxValues: 2 })
+  await store.revoke('ends-now', clock)
+  t.equal(store.size, 0, 'a session that expires this second needs no revocation')
+  await store.revoke('a', clock + 10)
+  t.equal(store.isRevoked('a', clock - 5), true)
+  clock += 10
+  t.equal(store.isRevoked('a', clock - 15), false, 'at its expiry the revocation ends: the session has expired anyway')
+  t.equal(store.size, 0, 'and it is dropped')
+  await store.revoke('b', clock + 1)
+  await store.revoke('c', clock + 100)
+  clock += 1
+  await store.revoke('d', clock + 100)
+  t.equal(store.refusedUntil, Number.NEGATIVE_INFINITY, 'full: a revocation expiring this second makes room, nothing live is forgotten')
+  t.equal(store.isRevoked('c', clock - 50) && store.isRevoked('d', clock - 50), true)
+
+  await store.setValue('long', 'L', clock + 100)
+  await store.setValue('short', 'S', clock + 1)
+  clock += 1
+  await store.setValue('third', 'T', clock + 100)
+  t.equal(await store.takeValue('long'), 'L', 'full: a value expiring this second makes room, not the oldest live one')
+  await store.setValue('edge', 'E', clock + 1)
+  clock += 1
+  t.equal(await store.takeValue('edge'), undefined, 'a value is gone at its expiry')
+
+  const claims = new OnceClaims(10)
+  t.equal(claims.claim('state', clock + 1), true)
+  t.equal(claims.claim('state', clock + 1), false)
+  clock += 1
+  t.equal(claims.claim('state', clock + 60), true, 'at its expiry a claim may be made again')
+  const swept = new OnceClaims(10)
+  swept.claim('x', clock + 1)
+  swept.claim('y', clock + 1)
+  clock += 1
+  swept.claim('z', clock + 60)
+  t.equal(swept.size, 1, 'claims expiring this second are swept at the next claim, full or not')
+
+  const reclaimed = new OnceClaims(10)
+  reclaimed.claim('long', clock + 100)
+  reclaimed.claim('state', clock + 1)
+  clock += 2
+  t.equal(reclaimed.claim('state', clock + 100), true, 'expired: the same key is claimed anew')
+  clock += 99
+  reclaimed.claim('other', clock + 100)
+  t.equal(reclaimed.claim('state', clock + 100), false, 'sweeping its first, expired claim does not forget the second one')
 })
 
 t.test('revocation store: claims once, values taken once, both bounded', async (t) => {
@@ -140,6 +212,7 @@ t.test('revocation store: claims once, values taken once, both bounded', async (
   t.equal(await store.claimOnce('s2', later), true)
   t.equal(await store.claimOnce('s3', later), true, 'full: the oldest claim makes room')
   t.equal(await store.claimOnce('s3', later), false)
+  t.equal(await store.claimOnce('s1', later), true, 'maxClaims is the bound: s1 was forgotten')
   t.equal(await store.claimOnce('short', Date.now() / 1000 + 0.05), true)
   await new Promise((resolve) => setTimeout(resolve, 80))
   t.equal(await store.claimOnce('short', later), true, 'an expired claim can be claimed again')
@@ -149,6 +222,18 @@ t.test('revocation store: claims once, values taken once, both bounded', async (
   t.equal(small.size, 10, 'a full memory forgets its oldest claims, whatever the traffic')
   t.equal(small.claim('k2999', later), false, 'the newest are still remembered')
   t.equal(small.claim('k0', later), true, 'the oldest were forgotten')
+
+  // A state replayed long after its claim was forgotten is claimed anew (the code it guarded is single
+  // use at Keycloak); from then on it is remembered like any new claim, however long the traffic.
+  const busy = new OnceClaims(10)
+  let forgottenTooSoon = 0
+  for (let i = 0; i < 5000; i++) {
+    busy.claim(`state-${i}`, later)
+    if (i < 100) continue
+    busy.claim(`state-${i - 100}`, later)
+    if (i > 100 && busy.claim(`state-${i - 101}`, later)) forgottenTooSoon++
+  }
+  t.equal(forgottenTooSoon, 0, 'a replayed state, claimed anew, is refused on its next replay')
 
   await store.setValue('v1', 'one', later)
   t.equal(await store.takeValue('v1'), 'one')
