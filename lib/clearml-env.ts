@@ -57,7 +57,8 @@ export function parseHoconValue (raw: string): unknown {
 export function hoconText (raw: string): string | null {
   const text = raw.trim()
   if (text === '') return null
-  if (text.length >= 2 && text.startsWith('"') && text.endsWith('"')) {
+  // Only a JSON string parses from text that starts with a quote, so JSON.parse decides the rest.
+  if (text.startsWith('"')) {
     try {
       return JSON.parse(text) as string
     } catch {
