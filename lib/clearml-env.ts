@@ -28,7 +28,8 @@ export function readClearmlEnv (env: Record<string, string | undefined>): Map<st
   return entries
 }
 
-const NUMBER = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/
+// pyhocon's number: digits after a decimal point are required (`5.` is text, `.5` a number).
+const NUMBER = /^[+-]?(\d+(\.\d+)?|\.\d+)([eE][+-]?\d+)?$/
 
 /**
  * pyhocon's reading of one value: JSON first, then the HOCON literals, numbers, an unquoted list,
