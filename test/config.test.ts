@@ -74,6 +74,7 @@ t.test('defaults of SPEC 3.2 with only the required keys', async (t) => {
 })
 
 t.test('value parsing, as ClearML\'s HOCON reader does', async (t) => {
+  // Each row as pyhocon reads `key: <value>`, the way ClearML's apiserver reads a CLEARML__ variable.
   const cases: Array<[string, string, unknown]> = [
     ['JSON string', '"abc"', 'abc'],
     ['JSON list', '["a","b"]', ['a', 'b']],
@@ -81,21 +82,44 @@ t.test('value parsing, as ClearML\'s HOCON reader does', async (t) => {
     ['case-insensitive literal', 'TRUE', true],
     ['False', 'False', false],
     ['null', 'Null', null],
+    ['NULL', 'NULL', null],
+    ['yes is not a boolean', 'yes', 'yes'],
     ['integer', '42', 42],
     ['leading zeros (not JSON)', '007', 7],
     ['explicit plus sign', '+5', 5],
+    ['negative', '-2', -2],
     ['float', '1.5', 1.5],
+    ['two decimals', '0.25', 0.25],
+    ['leading dot', '.5', 0.5],
+    ['leading dot, two decimals', '.25', 0.25],
+    ['trailing dot is text', '5.', '5.'],
+    ['exponent', '1e3', 1000],
+    ['exponent with a sign, upper case', '1E-3', 0.001],
+    ['exponent with a plus sign', '1e+3', 1000],
+    ['exponent of two digits', '1e10', 1e10],
+    ['a name that ends in digits is text, not NaN', 'team1', 'team1'],
+    ['digits then letters', '1x', '1x'],
+    ['hexadecimal is text', '0x10', '0x10'],
+    ['Infinity is text', 'Infinity', 'Infinity'],
     ['unquoted list', '[a, b]', ['a', 'b']],
     ['unquoted list with a quoted item', '[a, "b c"]', ['a', 'b c']],
+    ['unquoted list with a number', '[1, a]', [1, 'a']],
     ['empty list', '[]', []],
+    // pyhocon refuses these two; the plugin keeps the text, and a list setting then names the problem.
+    ['a closing bracket alone is text', 'kc-admins]', 'kc-admins]'],
+    ['an opening bracket alone is text', '[kc-admins', '[kc-admins'],
     ['empty text', '', null],
     ['blank text', '   ', null],
+    ['a value read from a file: its trailing newline dropped', 'true\n', true],
     ['URL with //', 'https://kc/realms/x', 'https://kc/realms/x'],
     ['plain text', 'hello', 'hello']
   ]
   for (const [name, raw, expected] of cases) t.strictSame(parseHoconValue(raw), expected, name)
   t.equal(hoconText('007'), '007', 'string keys keep digits as text')
+  t.equal(hoconText('1234567890'), '1234567890', 'even digits that are valid JSON')
   t.equal(hoconText('"007"'), '007')
+  t.equal(hoconText('s3cr3t\n'), 's3cr3t', 'a secret from a file loses its trailing newline, as with pyhocon')
+  t.equal(hoconText('"s3cr3t"\n'), 's3cr3t')
   t.equal(hoconText('"unterminated'), '"unterminated')
   t.equal(hoconText('"a"b"'), '"a"b"', 'two strings are not one')
   t.equal(hoconText('""'), '')
@@ -114,6 +138,7 @@ t.test('an all-digit client_id and default_company stay strings', async (t) => {
   const config = loadConfig({ ...minimal, [`${KCS}client_id`]: '007', [`${KCS}default_company`]: '1234567890' })
   t.equal(config.clientId, '007')
   t.equal(config.defaultCompany, '1234567890')
+  t.equal(loadConfig({ ...minimal, [`${KCS}client_secret`]: 'the-client-secret\n' }).clientSecret, 'the-client-secret', 'a secret mounted from a file loses its trailing newline')
 })
 
 t.test('CLEARML__ wins over TRAINS__, whatever the order of the environment', async (t) => {
@@ -123,6 +148,14 @@ t.test('CLEARML__ wins over TRAINS__, whatever the order of the environment', as
   const { [`${KCS}client_id`]: _, ...withoutClearml } = minimal
   t.equal(loadConfig({ ...withoutClearml, [trains]: 'from-trains' }).clientId, 'from-trains', 'TRAINS__ alone is read')
   t.strictSame([...readClearmlEnv({ clearml__x: '1', CLEARML__: '2', OTHER: '3' }).keys()], [], 'prefixes are upper case and a path is needed')
+  t.equal(loadConfig({ ...minimal, [`${KC}idp_logout`]: undefined }).idpLogout, false, 'a variable present but undefined is unset')
+})
+
+t.test('two spellings of one setting: the one that sorts last wins, as ClearML merges them in sorted order', async (t) => {
+  const upper = 'CLEARML__SERVICES__LOGIN__SSO__OAUTH_CLIENT__KEYCLOAK__IDP_LOGOUT'
+  const lower = `${KC}idp_logout`
+  t.equal(loadConfig({ ...minimal, [upper]: 'true', [lower]: 'false' }).idpLogout, false)
+  t.equal(loadConfig({ ...minimal, [lower]: 'false', [upper]: 'true' }).idpLogout, false, 'whatever the order of the environment')
 })
 
 t.test('paths are case-insensitive after the prefix', async (t) => {
