@@ -58,7 +58,7 @@ function coerce (leaf: SettingLeaf, entry: EnvEntry): Coerced {
     return typeof parsed === 'boolean' ? { value: parsed } : { problem: 'must be true or false' }
   }
   if (kind === 'integer') {
-    return typeof parsed === 'number' && Number.isInteger(parsed) ? { value: parsed } : { problem: 'must be a whole number' }
+    return Number.isInteger(parsed) ? { value: parsed } : { problem: 'must be a whole number' }
   }
   // kind === 'list'
   if (Array.isArray(parsed) && parsed.every((item) => typeof item === 'string' || typeof item === 'number')) {
@@ -78,10 +78,8 @@ function getPath (object: Record<string, unknown>, key: string[]): unknown {
 
 function setPath (object: Record<string, unknown>, key: string[], value: unknown): void {
   let node = object
-  for (const part of key.slice(0, -1)) {
-    if (node[part] === null || typeof node[part] !== 'object') node[part] = {}
-    node = node[part] as Record<string, unknown>
-  }
+  // Sections are only ever created here (or copied from a config made here): absent is the only other case.
+  for (const part of key.slice(0, -1)) node = (node[part] ??= {}) as Record<string, unknown>
   node[key[key.length - 1]] = value
 }
 
@@ -101,8 +99,9 @@ function shapeProblems (overrides: object, prefix = ''): ConfigProblem[] {
 
 function isAbsoluteHttpUrl (value: string): boolean {
   try {
-    const url = new URL(value)
-    return (url.protocol === 'https:' || url.protocol === 'http:') && url.hostname !== ''
+    // The URL parser refuses an http(s) URL without a host, so the scheme is all left to check.
+    const { protocol } = new URL(value)
+    return protocol === 'https:' || protocol === 'http:'
   } catch {
     return false
   }
@@ -177,7 +176,8 @@ export function readConfig (env: Record<string, string | undefined> = process.en
 
   for (const error of validateConfig.Errors(values)) {
     const dotted = error.instancePath.split('/').filter(Boolean).join('.')
-    const owner = [...nameOf.keys()].filter((key) => dotted === key || dotted.startsWith(key + '.')).sort((a, b) => b.length - a.length)[0]
+    // No setting's key is a section of another's, so at most one owns the error's path.
+    const owner = [...nameOf.keys()].find((key) => dotted === key || dotted.startsWith(key + '.'))
     // Errors above a leaf (a section replaced by a non-object) are reported on its leaves.
     if (owner === undefined || problems.some((p) => p.variable === nameOf.get(owner))) continue
     // The message comes from the schema, never from the value, so secrets stay out of it.
