@@ -2,7 +2,7 @@ import t from 'tap'
 import { inspect } from 'node:util'
 import { ConfigError, loadConfig, readConfig } from '../index.js'
 import { hoconText, parseHoconValue, readClearmlEnv } from '../lib/clearml-env.js'
-import { issuerOf, settingName } from '../lib/config.js'
+import { issuerOf, settingName, weakSettings } from '../lib/config.js'
 
 const KC = 'CLEARML__services__login__sso__oauth_client__keycloak__'
 const KCS = 'CLEARML__secure__login__sso__oauth_client__keycloak__'
@@ -42,6 +42,8 @@ t.test('the variables of ClearML\'s Keycloak documentation, exactly as written t
     [`${KC}get_info_from_access_token`]: 'false'
   })
   t.equal(config.baseUrl, 'https://kc.example.com/realms/clearml', 'trailing / of the documented base_url dropped')
+  t.equal(loadConfig({ ...minimal, [`${KC}base_url`]: 'https://kc.example.com/realms/clearml//' }).baseUrl, 'https://kc.example.com/realms/clearml', 'however many')
+  t.equal(loadConfig({ ...minimal, [`${KC}base_url`]: 'http://keycloak:8080/realms/clearml' }).baseUrl, 'http://keycloak:8080/realms/clearml', 'plain http on an internal network')
   t.equal(config.authorizeUrl, 'https://kc.example.com/realms/clearml/protocol/openid-connect/auth', 'URL with // kept whole')
   t.equal(config.clientId, 'clearml-webapp', 'literal quotes removed')
   t.equal(config.clientSecret, 's3cr3t with spaces')
@@ -130,6 +132,7 @@ t.test('admin_role: a name, quoted or not; empty disables', async (t) => {
   t.equal(loadConfig({ ...minimal, [`${KC}admin_role`]: 'clearml-admin' }).adminRole, 'clearml-admin')
   t.equal(loadConfig({ ...minimal, [`${KC}admin_role`]: '"007"' }).adminRole, '007')
   t.equal(loadConfig({ ...minimal, [`${KC}admin_role`]: '' }).adminRole, null)
+  t.equal(loadConfig({ ...minimal, [`${KC}admin_role`]: 'null' }).adminRole, null, 'so does HOCON\'s null')
   t.equal(loadConfig(minimal).adminRole, 'admin')
   t.equal(loadConfig({ ...minimal, [`${KC}idp_logout`]: '' }).idpLogout, false, 'an empty boolean is unset: the default')
 })
@@ -202,12 +205,23 @@ t.test('every missing or malformed key is reported at once, named by its variabl
     ['expiration not a number', { CLEARML__services__auth__default_expiration_sec: 'month' }, 'CLEARML__services__auth__default_expiration_sec must be a whole number'],
     ['expiration too short', { CLEARML__services__auth__default_expiration_sec: '5' }, 'CLEARML__services__auth__default_expiration_sec must be >= 60'],
     ['admins not a list', { [`${KC}groups__admins`]: '{"a":1}' }, `${KC}groups__admins must be a list of names, e.g. ["kc-admins"]`],
+    ['admins holding a list', { [`${KC}groups__admins`]: '["kc-admins", ["ops"]]' }, `${KC}groups__admins must be a list of names, e.g. ["kc-admins"]`],
+    ['admins holding a boolean', { [`${KC}groups__admins`]: '[true]' }, `${KC}groups__admins must be a list of names, e.g. ["kc-admins"]`],
+    ['expiration with a trailing dot', { CLEARML__services__auth__default_expiration_sec: '3600.' }, 'CLEARML__services__auth__default_expiration_sec must be a whole number'],
+    ['expiration a fraction', { CLEARML__services__auth__default_expiration_sec: '3600.5' }, 'CLEARML__services__auth__default_expiration_sec must be a whole number'],
     // eslint-disable-next-line no-template-curly-in-string
     ['unexpanded variable', { [`${KCS}client_id`]: '"${KEYCLOAK_AUTH_CLIENT_ID}"' }, `${KCS}client_id looks like an unexpanded shell variable (the value is literally \`\${KEYCLOAK_AUTH_CLIENT_ID}\`)`],
+    ['unexpanded variable without braces', { [`${KCS}client_id`]: '$KEYCLOAK_AUTH_CLIENT_ID' }, `${KCS}client_id looks like an unexpanded shell variable (the value is literally \`$KEYCLOAK_AUTH_CLIENT_ID\`)`],
+    // eslint-disable-next-line no-template-curly-in-string
+    ['an unexpanded secret is named, its text is not shown', { [`${KCS}client_secret`]: '${KEYCLOAK_AUTH_CLIENT_SECRET}' }, `${KCS}client_secret looks like an unexpanded shell variable (the value is literally \`\${…}\`)`],
     ['empty client_secret', { [`${KCS}client_secret`]: '' }, `${KCS}client_secret is required`]
   ]
   for (const [name, env, expected] of malformed) {
     t.strictSame(problemsOf({ ...minimal, ...env }), [expected], name)
+  }
+  // eslint-disable-next-line no-template-curly-in-string
+  for (const secret of ['pa$$w0rd', 's3cr3t$x', '$ecret-2024!', 'x${Y}']) {
+    t.equal(loadConfig({ ...minimal, [`${KCS}client_secret`]: secret }).clientSecret, secret, `a secret with a $ in it is not a shell variable: ${secret.length} characters`)
   }
 })
 
@@ -221,9 +235,14 @@ t.test('no base_url: every endpoint must be given, and the issuer comes from the
   const config = loadConfig({ ...noBase, ...endpoints })
   t.equal(issuerOf(config), 'https://kc/realms/r')
   t.strictSame(problemsOf({ ...noBase, ...endpoints, [`${KC}get_info_from_access_token`]: 'false' }), [`${KC}userinfo_url is required when ${KC}base_url is not set`])
-  t.strictSame(problemsOf({ ...noBase, ...endpoints, [`${KC}authorize_url`]: 'https://idp/authorize' }), [
-    `${KC}base_url is required: it is the token issuer, and the authorization URL does not have Keycloak's shape to derive it from`
-  ])
+  const { [`${KC}authorize_url`]: __, ...noAuthorize } = endpoints
+  t.strictSame(problemsOf({ ...noBase, ...noAuthorize }), [`${KC}authorize_url is required when ${KC}base_url is not set`], 'the missing endpoint, nothing about the issuer')
+  t.equal(issuerOf({ baseUrl: 'https://kc/realms/r', authorizeUrl: 'https://sso.example.com/authorize' }), 'https://kc/realms/r', 'base_url is the issuer, whatever the authorization URL')
+  t.equal(issuerOf({ baseUrl: undefined, authorizeUrl: undefined }), undefined)
+  const noIssuer = `${KC}base_url is required: it is the token issuer, and the authorization URL does not have Keycloak's shape to derive it from`
+  t.strictSame(problemsOf({ ...noBase, ...endpoints, [`${KC}authorize_url`]: 'https://idp/authorize' }), [noIssuer])
+  t.strictSame(problemsOf({ ...noBase, ...endpoints, [`${KC}authorize_url`]: 'https://kc/realms/r/protocol/openid-connect/auth/device' }), [noIssuer], 'more after /auth')
+  t.strictSame(problemsOf({ ...noBase, ...endpoints, [`${KC}authorize_url`]: 'https://kc/realms/\nr/protocol/openid-connect/auth' }), [noIssuer], 'a URL folded over two lines (YAML) names no issuer')
 })
 
 t.test('secrets never appear in errors, serialization or inspection', async (t) => {
@@ -237,6 +256,9 @@ t.test('secrets never appear in errors, serialization or inspection', async (t) 
   t.notMatch(json, 'tok-secret-value')
   t.match(JSON.parse(json), { clientSecret: '[redacted]', tokenSecret: '[redacted]', clientId: 'clearml' })
   t.notMatch(inspect(config, { depth: 5 }), 'the-client-secret')
+  t.match(inspect(config, { depth: 5 }), /clientSecret: '\[redacted\]'/, 'inspection shows the settings, the secret redacted')
+  t.match(inspect({ ...config, displayName: 'Copy' }), /displayName: 'Copy'/, 'a copy made by spreading inspects as itself')
+  t.notOk('tokenSecret' in JSON.parse(JSON.stringify(loadConfig(minimal))), 'a secret that is not set is not shown as redacted')
   t.equal(config.clientSecret, 'the-client-secret', 'the value itself is still usable by the plugin')
   try {
     loadConfig({ ...minimal, [`${KCS}client_secret`]: '', [`${KC}idp_logout`]: 'maybe' })
@@ -281,6 +303,30 @@ t.test('overrides from code are merged over the environment and validated alike'
   t.strictSame(problems({ colour: 'blue' }), ['config.colour is not a known setting'])
   t.strictSame(problems({ groups: { colour: 'blue' } }), ['config.groups.colour is not a known setting'])
   t.strictSame(problems({ groups: 'all' }), ['config.groups must be an object'], 'a section replaced by a value')
+  t.strictSame(problems({ groups: null }), ['config.groups must be an object'], 'or by null')
+  t.strictSame(problems({ groups: undefined, colour: undefined }), [], 'undefined overrides (a host passing optional settings on) are ignored')
+  t.strictSame(problems({ groups: { enabled: 'yes' } }), ['config.groups.enabled must be boolean'], 'an error inside a section names the setting')
+  t.strictSame(problems({ claims: { email: '' } }), ['config.claims.email must not have fewer than 1 characters'])
+  t.strictSame(problems({ groups: { admins: ['kc-admins', 1, 2] } }), ['config.groups.admins must be string'], 'one problem per setting, however many items are wrong')
+  try {
+    loadConfig({ ...minimal, [`${KC}groups__enabled`]: '1' }, { idpLogout: 'yes' } as object)
+    t.fail('should throw')
+  } catch (err) {
+    t.strictSame((err as ConfigError).problems.map((p) => `${p.variable} ${p.message}`), [`${KC}groups__enabled must be true or false`, 'config.idpLogout must be boolean'], 'problems of the environment and of the overrides, all at once')
+  }
   t.equal(settingName('tokenSecret'), 'CLEARML__secure__auth__token_secret')
+  t.equal(settingName('groups.admins'), `${KC}groups__admins`, 'a setting inside a section')
   t.equal(settingName('nonsense'), 'config.nonsense')
+})
+
+t.test('a short token_secret is a warning that names the setting and the fix, never the value (RFC 7518 3.2)', async (t) => {
+  const shortBy = (bytes: number) => weakSettings({ tokenSecret: 'x'.repeat(bytes) })
+  t.strictSame(weakSettings({ tokenSecret: undefined }), [], 'no token_secret (the host issues tokens): nothing to say')
+  t.strictSame(shortBy(32), [], '32 bytes: enough')
+  t.strictSame(shortBy(31), [{
+    variable: 'CLEARML__secure__auth__token_secret',
+    message: 'is 31 bytes; use at least 32 random bytes (e.g. `openssl rand -base64 48`): a short HS256 secret can be guessed from any session token'
+  }])
+  t.strictSame(weakSettings({ tokenSecret: 'é'.repeat(16) }), [], 'bytes count, not characters: 16 × é is 32 bytes')
+  t.equal(weakSettings({ tokenSecret: 'é'.repeat(15) })[0].message.slice(0, 12), 'is 30 bytes;')
 })
