@@ -118,12 +118,15 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
   readonly #queuedValues = new Map<string, QueuedValue>()
 
   /**
-   * Since when (ms) the copy may be missing revocations; `undefined` while it is current. It starts
-   * at minus infinity: before the first load nothing is known, and every session is refused.
+   * Since when (`performance.now()`, so a wall-clock step cannot shorten or stretch the bound) the
+   * copy may be missing revocations; `undefined` while it is current. It starts at minus infinity:
+   * before the first load nothing is known, and every session is refused.
    */
   #staleSince: number | undefined = Number.NEGATIVE_INFINITY
   /** Counts subscriber disconnections, so a load that raced one is not taken as current. */
   #epoch = 0
+  /** Set when `maxStaleMs` has passed since `#staleSince` (by its timer). */
+  #refusing = false
   #staleTimer: NodeJS.Timeout | undefined
   #retryTimer: NodeJS.Timeout | undefined
   #working = false
@@ -240,7 +243,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
   }
 
   isRevoked (sessionId: string): boolean {
-    if (this.#staleSince !== undefined && Date.now() - this.#staleSince >= this.#maxStaleMs) return true
+    if (this.#staleSince !== undefined && this.isRefusingAll()) return true
     const expiresAt = this.#revoked.get(sessionId)
     if (expiresAt === undefined) return false
     if (expiresAt > nowSec()) return true
@@ -335,7 +338,8 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
 
   /** Whether `isRevoked` refuses every session now (stale for `maxStaleMs`, or never loaded). */
   isRefusingAll (): boolean {
-    return this.#staleSince !== undefined && Date.now() - this.#staleSince >= this.#maxStaleMs
+    // The timer's flag, or the clock when the timer has not run yet (maxStaleMs 0, a busy event loop).
+    return this.#staleSince !== undefined && (this.#refusing || performance.now() - this.#staleSince >= this.#maxStaleMs)
   }
 
   #connected (): boolean {
@@ -476,6 +480,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
     }
     const outage = this.#staleSince !== Number.NEGATIVE_INFINITY
     this.#staleSince = undefined
+    this.#refusing = false
     clearTimeout(this.#staleTimer)
     const report = { loaded: inRedis.size, writtenBack, durationMs: performance.now() - started }
     if (outage) this.#info({ ...report }, 'RedisRevocationStore in sync with Redis again')
@@ -545,7 +550,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
   readonly #onSubscriptionLost = (): void => {
     this.#epoch++
     if (this.#closed || this.#staleSince !== undefined) return
-    this.#staleSince = Date.now()
+    this.#staleSince = performance.now()
     this.#warn({ maxStaleMs: this.#maxStaleMs },
       'RedisRevocationStore lost its subscription to Redis; answering from its local copy until it reconnects, for maxStaleMs at most')
     this.emit('stale')
@@ -553,6 +558,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
   }
 
   readonly #onRefusing = (): void => {
+    this.#refusing = true
     this.#warn({ maxStaleMs: this.#maxStaleMs, problem: this.#lastProblem },
       'RedisRevocationStore has been out of touch with Redis for maxStaleMs: every session is refused until it reconnects')
     this.emit('refusing')
