@@ -37,14 +37,14 @@ const INTERVAL_MS = Number(process.env.BENCH_INTERVAL_MS ?? 5)
 interface Replica { process: ChildProcess, url: string, info: { port: number, sessionToken: string, loaded: number } }
 interface Stats { cpu: { user: number, system: number }, memory: { heapUsed: number }, revocations: number, queued: number }
 
-async function startReplica (issuer: string, redisUrl: string): Promise<Replica> {
-  const file = new URL('./servers/redis-app.ts', import.meta.url).pathname
-  const child = spawn(process.execPath, ['--import', 'tsx', '--expose-gc', file, issuer, redisUrl], { stdio: ['ignore', 'pipe', 'inherit'] })
+async function startReplica (app: string, args: string[]): Promise<Replica> {
+  const file = new URL(app, import.meta.url).pathname
+  const child = spawn(process.execPath, ['--import', 'tsx', '--expose-gc', file, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
   // A runner that fails must not leave replicas behind.
   process.once('exit', () => child.kill())
   const line = await new Promise<string>((resolve, reject) => {
     createInterface({ input: child.stdout! }).once('line', resolve)
-    child.once('exit', (code) => reject(new Error(`redis-app exited with ${code}`)))
+    child.once('exit', (code) => reject(new Error(`${app} exited with ${code}`)))
   })
   const info = JSON.parse(line)
   return { process: child, url: `http://127.0.0.1:${info.port as number}`, info }
@@ -123,15 +123,20 @@ async function main (): Promise<void> {
     redis.disconnect()
   }
 
-  const a = await startReplica(provider.issuer, server.url)
-  const b = await startReplica(provider.issuer, server.url)
+  const a = await startReplica('./servers/redis-app.ts', [provider.issuer, server.url])
+  const b = await startReplica('./servers/redis-app.ts', [provider.issuer, server.url])
+  // The same apiserver with the default in-memory store, measured in the same run for comparison.
+  const memory = await startReplica('./servers/plugin-app.ts', [provider.issuer])
   const cookie = { cookie: `clearml_token_basic=${a.info.sessionToken}` }
+  const memoryCookie = { cookie: `clearml_token_basic=${memory.info.sessionToken}` }
 
   // (a) authenticate on replica A, with its local copy holding every revocation.
   const scenarios: Record<string, () => Promise<{ rps: number, cpuUs: number }>> = {
-    'bare route': async () => await load(a, '/bare'),
-    'bare route, same cookie header': async () => await load(a, '/bare', cookie),
-    'authenticate, session cookie': async () => await load(a, '/protected', cookie)
+    'Redis store: bare route': async () => await load(a, '/bare'),
+    'Redis store: bare route, same cookie header': async () => await load(a, '/bare', cookie),
+    'Redis store: authenticate, session cookie': async () => await load(a, '/protected', cookie),
+    'memory store: bare route': async () => await load(memory, '/bare'),
+    'memory store: authenticate, session cookie': async () => await load(memory, '/protected', memoryCookie)
   }
   const scenarioNames = Object.keys(scenarios)
   const samples = new Map(scenarioNames.map((name) => [name, [] as Array<{ rps: number, cpuUs: number }>]))
@@ -161,7 +166,7 @@ async function main (): Promise<void> {
   const statsA = await json<Stats>(`${a.url}/stats`)
   const statsB = await json<Stats>(`${b.url}/stats`)
 
-  for (const replica of [a, b]) await fetch(`${replica.url}/exit`, { method: 'POST' }).catch(() => {})
+  for (const replica of [a, b, memory]) await fetch(`${replica.url}/exit`, { method: 'POST' }).catch(() => {})
   seed.disconnect()
   await provider.close()
   await server.stop()
@@ -185,8 +190,14 @@ async function main (): Promise<void> {
     requestsPerSec: Object.fromEntries(scenarioNames.map((name) => [name, Math.round(rps[name])])),
     cpuUsPerRequest: cpuUs,
     ratios: {
-      authenticateVsBare: rps['authenticate, session cookie'] / rps['bare route'],
-      authenticateVsBareSameHeader: rps['authenticate, session cookie'] / rps['bare route, same cookie header']
+      redisAuthenticateVsBare: rps['Redis store: authenticate, session cookie'] / rps['Redis store: bare route'],
+      redisAuthenticateVsBareSameHeader: rps['Redis store: authenticate, session cookie'] / rps['Redis store: bare route, same cookie header'],
+      memoryAuthenticateVsBare: rps['memory store: authenticate, session cookie'] / rps['memory store: bare route']
+    },
+    /** What authenticate adds to a bare route's CPU time, per request. */
+    authenticateCpuUs: {
+      redis: cpuUs['Redis store: authenticate, session cookie'] - cpuUs['Redis store: bare route'],
+      memory: cpuUs['memory store: authenticate, session cookie'] - cpuUs['memory store: bare route']
     },
     propagationMs: { stream: pooled(stream), burst: pooled(burst), streamWhileBusy: { ...pooled(busy), busyRps: Math.round(busyResult.requests.average), busyNon2xx: busyResult.non2xx } },
     fullLoad: { entries: REVOCATIONS, readyMs: median(loads.map((l) => l.ms)), loadMs: median(loads.map((l) => l.loadMs)), heapBytesPerEntry: median(loads.map((l) => l.heapBytes)) / REVOCATIONS },
@@ -194,13 +205,15 @@ async function main (): Promise<void> {
   }
 
   const f = (n: number, digits = 0): string => n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
-  console.log(`\n| replica A, ${f(REVOCATIONS)} revocations in its copy | req/s (median of ${ROUNDS}) | CPU per request |\n|---|---|---|`)
+  console.log(`\n| scenario (Redis store: replica A, ${f(REVOCATIONS)} revocations in its copy) | req/s (median of ${ROUNDS}) | CPU per request |\n|---|---|---|`)
   for (const name of scenarioNames) console.log(`| ${name} | ${f(rps[name])} | ${f(cpuUs[name], 1)} µs |`)
   console.log(`
 | ratio | value | goal |
 |---|---|---|
-| authenticate (cookie) / bare | ${f(summary.ratios.authenticateVsBare, 2)}× | ≥ 0.90× |
-| authenticate (cookie) / bare with the same cookie header | ${f(summary.ratios.authenticateVsBareSameHeader, 2)}× | ≥ 0.90× |
+| Redis store: authenticate (cookie) / bare | ${f(summary.ratios.redisAuthenticateVsBare, 2)}× | ≥ 0.90× |
+| Redis store: authenticate (cookie) / bare with the same cookie header | ${f(summary.ratios.redisAuthenticateVsBareSameHeader, 2)}× | ≥ 0.90× |
+| memory store: authenticate (cookie) / bare, same run | ${f(summary.ratios.memoryAuthenticateVsBare, 2)}× | |
+| CPU authenticate adds to a request: Redis store / memory store | ${f(summary.authenticateCpuUs.redis, 1)} µs / ${f(summary.authenticateCpuUs.memory, 1)} µs | |
 
 | propagation A → B (revoke called on A → in B's copy) | revocations | p50 | p99 | max | A's revoke() p50 / p99 |
 |---|---|---|---|---|---|`)

@@ -464,7 +464,8 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
     const started = performance.now()
     await this.#bounded(subscriber.subscribe(this.#names.channel))
     const inRedis = await this.#loadAll()
-    for (const [id, expiresAt] of inRedis) this.#remember(id, expiresAt)
+    // Merged without #remember's sweeps as the copy grows: one sweep after the merge does.
+    for (const [id, expiresAt] of inRedis) if (!(this.#revoked.get(id)! >= expiresAt)) this.#revoked.set(id, expiresAt)
     this.#sweep()
     let writtenBack = 0
     for (const [id, expiresAt] of this.#revoked) {
