@@ -18,7 +18,8 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { cpus } from 'node:os'
 import autocannon from 'autocannon'
 import { Redis } from 'ioredis'
@@ -33,6 +34,10 @@ const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 50)
 const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 100_000)
 const PROPAGATION = Number(process.env.BENCH_PROPAGATION ?? 200)
 const INTERVAL_MS = Number(process.env.BENCH_INTERVAL_MS ?? 5)
+
+// The heap held by a store's local copy is read between two collections.
+setFlagsFromString('--expose-gc')
+const gc = runInNewContext('gc') as () => void
 
 interface Replica { process: ChildProcess, url: string, info: { port: number, sessionToken: string, loaded: number } }
 interface Stats { cpu: { user: number, system: number }, memory: { heapUsed: number }, revocations: number, queued: number }
@@ -109,14 +114,14 @@ async function main (): Promise<void> {
   for (let i = 0; i < 5; i++) {
     const redis = new Redis(server.url)
     await redis.ping()
-    globalThis.gc!()
+    gc()
     const heapBefore = process.memoryUsage().heapUsed
     const store = new RedisRevocationStore({ redis })
     const synced = new Promise<number>((resolve) => store.once('synced', (report) => resolve(report.durationMs)))
     const started = performance.now()
     await store.ready()
     const ms = performance.now() - started
-    globalThis.gc!()
+    gc()
     loads.push({ ms, loadMs: await synced, heapBytes: process.memoryUsage().heapUsed - heapBefore })
     if (store.size !== REVOCATIONS) throw new Error(`loaded ${store.size} of ${REVOCATIONS}`)
     await store.close()
@@ -232,10 +237,4 @@ async function main (): Promise<void> {
   console.log('\n' + JSON.stringify(summary))
 }
 
-// Heap per entry of the local copy needs a collection before each reading.
-if (globalThis.gc === undefined) {
-  const child = spawn(process.execPath, ['--expose-gc', ...process.execArgv, fileURLToPath(import.meta.url)], { stdio: 'inherit' })
-  child.on('exit', (code) => process.exit(code ?? 1))
-} else {
-  await main()
-}
+await main()

@@ -8,7 +8,7 @@
  * | `<prefix>revoked` | sorted set | member: revoked id (a ClearML `session_id`, or `keycloak-sid:<sid>`), score: when that session expires (seconds) | members at the next write after their score; the key at its highest score |
  * | `<prefix>revoked` | pub/sub channel | `[[id, expiresAt], ...]` as JSON, published by every write | |
  * | `<prefix>claim:<state>` | string | `1`: a login transaction was used | at the transaction's expiry |
- * | `<prefix>value:<key>` | string | a sealed value (an ID token too large for a cookie) | when read (`GETDEL`), or at its expiry |
+ * | `<prefix>value:<key>` | string | a sealed value (an ID token too large for a cookie) | when read, or at its expiry |
  *
  * Why one sorted set rather than a key per revocation: every replica loads all revocations at start
  * and after each reconnect. From one key that is a `ZSCAN` (100,000 entries in 100 round trips of
@@ -19,8 +19,12 @@
  * nothing is ever removed before its session's expiry.
  */
 
-/** Commands that need Redis 6.2: `ZADD GT`, `SET ... PXAT`, `GETDEL`. */
-export const MINIMUM_REDIS = '6.2'
+/**
+ * Only commands Redis 5.0 has (the Redis of ClearML server's docker-compose until 2024), so the store
+ * can share an existing ClearML Redis: no `ZADD GT`, `SET ... PXAT` or `GETDEL` (6.2); small Lua
+ * scripts do the same atomically.
+ */
+export const MINIMUM_REDIS = '5.0'
 
 export const DEFAULT_KEY_PREFIX = 'clearml-kc:'
 
@@ -48,10 +52,9 @@ export function redisNames (prefix: string): RedisNames {
 
 /**
  * Adds revocations, drops the expired ones, keeps the key alive until its last member expires and
- * tells every replica, in one atomic step. `ZADD GT` keeps the later expiry when an id is revoked
- * twice. The expiry is computed here, from the set itself, because a replica's own copy may be
- * behind: a key expiry computed by the caller could end the set before a member another replica
- * wrote.
+ * tells every replica, in one atomic step. An id revoked twice keeps the later expiry. The key's
+ * expiry is computed here, from the set itself, because a replica's own copy may be behind: an
+ * expiry computed by the caller could end the set before a member another replica wrote.
  *
  * KEYS[1] the sorted set; ARGV[1] the channel, ARGV[2] now (seconds), ARGV[3] the message,
  * ARGV[4..] expiry and id pairs.
@@ -59,14 +62,40 @@ export function redisNames (prefix: string): RedisNames {
 export const WRITE_REVOCATIONS_SCRIPT = `
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
 for i = 4, #ARGV, 2 do
-  redis.call('ZADD', KEYS[1], 'GT', ARGV[i], ARGV[i + 1])
+  local known = redis.call('ZSCORE', KEYS[1], ARGV[i + 1])
+  if not known or tonumber(known) < tonumber(ARGV[i]) then
+    redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
 end
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 if last[2] then
   redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2]) * 1000))
 end
 redis.call('PUBLISH', ARGV[1], ARGV[3])
-return #ARGV / 2 - 1
+return 1
+`
+
+/** `SET NX` with an absolute expiry (`PXAT` before 6.2): 1 for the first claim, 0 after. ARGV[1] ms. */
+export const CLAIM_SCRIPT = `
+if redis.call('SET', KEYS[1], '1', 'NX') then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+`
+
+/** `SET` with an absolute expiry. ARGV[1] the value, ARGV[2] the expiry (ms). */
+export const SET_VALUE_SCRIPT = `
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1
+`
+
+/** `GETDEL` before 6.2: the value, gone once read. */
+export const TAKE_VALUE_SCRIPT = `
+local value = redis.call('GET', KEYS[1])
+if value then redis.call('DEL', KEYS[1]) end
+return value
 `
 
 export type Revocation = [id: string, expiresAt: number]

@@ -23,8 +23,8 @@ import type { Redis } from 'ioredis'
 import type { RevocationStore, StoreLog } from '../lib/revocations.js'
 import { RedisStoreError, REDIS_STORE_ERRORS } from './errors.js'
 import {
-  DEFAULT_KEY_PREFIX, LOAD_PAGE, WRITE_BATCH, WRITE_REVOCATIONS_SCRIPT, decodeRevocations, encodeRevocations,
-  isRevocationId, redisNames, type RedisNames, type Revocation
+  CLAIM_SCRIPT, DEFAULT_KEY_PREFIX, LOAD_PAGE, SET_VALUE_SCRIPT, TAKE_VALUE_SCRIPT, WRITE_BATCH, WRITE_REVOCATIONS_SCRIPT,
+  decodeRevocations, encodeRevocations, isRevocationId, redisNames, type RedisNames, type Revocation
 } from './layout.js'
 
 /** A pino logger fits; `info` is optional. */
@@ -269,7 +269,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
   }
 
   /**
-   * `SET NX` with the transaction's expiry: true on exactly one replica. While Redis is unreachable
+   * `SET NX` with the transaction's expiry (in one script): true on exactly one replica. While Redis is unreachable
    * the claim is made here and written when Redis is back (a replay on another replica meanwhile is
    * still refused by Keycloak, whose authorization code is single use); once `maxStaleMs` has passed
    * logins are refused instead, since their sessions would be refused too.
@@ -283,7 +283,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
     if (queued !== undefined && queued > now) return false
     if (this.#connected()) {
       try {
-        return await this.#bounded(this.#redis.set(this.#names.claim(key), '1', 'PXAT', Math.ceil(expiresAt * 1000), 'NX')) === 'OK'
+        return await this.#bounded(this.#claim(key, expiresAt)) === 1
       } catch (err) {
         this.#noteProblem(err)
       }
@@ -316,7 +316,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
   }
 
   /**
-   * The value, removed as it is read (`GETDEL`). While Redis is unreachable only a value this replica
+   * The value, removed as it is read (`GET` and `DEL` in one script). While Redis is unreachable only a value this replica
    * queued can be read; otherwise `undefined`, which its reader handles (SPEC 5 step 10).
    */
   async takeValue (key: string): Promise<string | undefined> {
@@ -328,7 +328,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
     }
     if (!this.#connected()) return undefined
     try {
-      return await this.#bounded(this.#redis.getdel(this.#names.value(key))) ?? undefined
+      return await this.#bounded(this.#redis.eval(TAKE_VALUE_SCRIPT, 1, this.#names.value(key)) as Promise<string | null>) ?? undefined
     } catch (err) {
       this.#noteProblem(err)
       this.#warn({ problem: this.#lastProblem }, 'RedisRevocationStore could not read a server-side value from Redis')
@@ -366,9 +366,13 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
     await this.#redis.eval(WRITE_REVOCATIONS_SCRIPT, 1, this.#names.revoked, ...args)
   }
 
+  async #claim (key: string, expiresAt: number): Promise<unknown> {
+    return await this.#redis.eval(CLAIM_SCRIPT, 1, this.#names.claim(key), Math.ceil(expiresAt * 1000))
+  }
+
   /** Writes a queued value and takes it off the queue; a write that may complete after its time-out. */
   async #writeValue (key: string, entry: QueuedValue): Promise<void> {
-    await this.#redis.set(this.#names.value(key), entry.value, 'PXAT', Math.ceil(entry.expiresAt * 1000))
+    await this.#redis.eval(SET_VALUE_SCRIPT, 1, this.#names.value(key), entry.value, Math.ceil(entry.expiresAt * 1000))
     const queued = this.#queuedValues.get(key)
     if (queued === entry) this.#queuedValues.delete(key)
     // Taken on this replica while Redis was slow: it must not be readable elsewhere afterwards.
@@ -519,7 +523,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
 
     const claims = [...this.#queuedClaims].filter(([, expiresAt]) => expiresAt > now)
     // `NX`: a claim made here during the outage must not replace one made elsewhere.
-    await this.#bounded(Promise.all(claims.map(async ([key, expiresAt]) => await this.#redis.set(this.#names.claim(key), '1', 'PXAT', Math.ceil(expiresAt * 1000), 'NX'))))
+    await this.#bounded(Promise.all(claims.map(async ([key, expiresAt]) => await this.#claim(key, expiresAt))))
     for (const [key, expiresAt] of claims) if (this.#queuedClaims.get(key) === expiresAt) this.#queuedClaims.delete(key)
     for (const [key, expiresAt] of this.#queuedClaims) if (expiresAt <= now) this.#queuedClaims.delete(key)
     report.claims = claims.length

@@ -21,6 +21,8 @@ const REVOKED = `${DEFAULT_KEY_PREFIX}revoked`
 
 const nowSec = (): number => Math.floor(Date.now() / 1000)
 const inAnHour = (): number => nowSec() + 3600
+/** One second from now, to the millisecond (a whole second could be a few milliseconds away). */
+const inASecond = (): number => Date.now() / 1000 + 1
 const sleep = async (ms: number): Promise<void> => await new Promise((resolve) => setTimeout(resolve, ms))
 
 interface Replica {
@@ -396,7 +398,7 @@ t.test('a long outage: the queue is bounded, and what expires before Redis is ba
   await server.kill()
   await down
   for (let i = 0; i <= 10_000; i++) await a.store.setValue(`bulk-${i}`, 'sealed', inAnHour())
-  const soon = nowSec() + 1
+  const soon = inASecond()
   await a.store.revoke('short-lived', soon)
   t.equal(await a.store.claimOnce('state-short', soon), true)
   await a.store.setValue('idt:short', 'sealed', soon)
@@ -485,7 +487,7 @@ t.test('expired revocations go away: from Redis, and from every local copy', asy
   const server = await redisServer(t)
   const a = await replica(t, server)
   const b = await replica(t, server)
-  const soon = nowSec() + 1
+  const soon = inASecond()
   await Promise.all(Array.from({ length: 1023 }, async (_, i) => await a.store.revoke(`short-${i}`, soon)))
   await until(b.store, 'received', () => b.store.size === 1023)
   await sleep((soon + 0.05) * 1000 - Date.now())
@@ -498,8 +500,9 @@ t.test('expired revocations go away: from Redis, and from every local copy', asy
   t.equal(b.store.size, 1, 'B swept its copy as it grew')
   t.equal(b.store.isRevoked('short-1'), false)
 
-  await a.store.revoke('short-again', nowSec() + 1)
-  await sleep((nowSec() + 1.05) * 1000 - Date.now())
+  const again = inASecond()
+  await a.store.revoke('short-again', again)
+  await sleep((again + 0.05) * 1000 - Date.now())
   await a.store.revoke('another', inAnHour())
   t.same(await a.redis.zrange(REVOKED, '0', '-1'), ['long', 'another'], 'each write removes what has expired')
 })
