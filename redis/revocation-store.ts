@@ -439,7 +439,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
       do {
         this.#workAgain = false
         await this.#pass()
-      } while (this.#workAgain && !this.#closed)
+      } while (this.#workAgain)
     } finally {
       this.#working = false
     }
