@@ -585,3 +585,32 @@ t.test('two replicas: a logout on A is refused on B; a callback replayed on B is
   t.equal(stack.idp.hits.get(TOKEN_PATH), tokenCalls, 'B never called the token endpoint')
   t.match(other.logs.join(''), 'the login transaction was already used')
 })
+
+t.test('through the plugin, Redis down for longer than maxStaleMs: sessions and logins refused, then served again', async (t) => {
+  const server = await redisServer(t)
+  const a = await replica(t, server, { maxStaleMs: 300 })
+  const stack = await startStack({ plugin: { revocations: a.store }, protectedRoute: true })
+  t.teardown(stack.close)
+  const { agent } = await stack.login('alice')
+  const me = async (): Promise<number> => (await agent.request(`${stack.appUrl}/me`)).status
+  t.equal(await me(), 200)
+
+  const stale = once(a.store, 'stale')
+  const refusing = once(a.store, 'refusing')
+  await server.kill()
+  await stale
+  t.equal(await me(), 200, 'within maxStaleMs the session is still served')
+  await refusing
+  t.equal(await me(), 401, 'after it, refused')
+
+  const browser = new UserAgent()
+  const stopped = await browser.submitLogin(await browser.navigate(`${stack.appUrl}/login/keycloak`), 'bob', 'bob-pw', { stopAt: isCallback(stack) })
+  const tokenCalls = stack.idp.hits.get(TOKEN_PATH)
+  t.equal((await browser.request(stopped.url)).location, `${stack.appUrl}/login?sso_error=directory_error`, 'a login is refused too')
+  t.equal(stack.idp.hits.get(TOKEN_PATH), tokenCalls, 'before its code is exchanged')
+
+  const synced = once(a.store, 'synced')
+  await server.start()
+  await synced
+  t.equal(await me(), 200, 'in sync again: the same cookie works, without logging in again')
+})
