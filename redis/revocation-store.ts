@@ -269,10 +269,10 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
   }
 
   /**
-   * `SET NX` with the transaction's expiry (in one script): true on exactly one replica. While Redis is unreachable
-   * the claim is made here and written when Redis is back (a replay on another replica meanwhile is
-   * still refused by Keycloak, whose authorization code is single use); once `maxStaleMs` has passed
-   * logins are refused instead, since their sessions would be refused too.
+   * `SET NX` with the transaction's expiry (in one script): true on exactly one replica. While Redis
+   * is unreachable the claim is made here and written when Redis is back (a replay on another
+   * replica meanwhile is still refused by Keycloak, whose authorization code is single use); once
+   * `maxStaleMs` has passed logins are refused instead, since their sessions would be refused too.
    */
   async claimOnce (key: string, expiresAt: number): Promise<boolean> {
     checkKey(key, 'claim key')
@@ -316,8 +316,9 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
   }
 
   /**
-   * The value, removed as it is read (`GET` and `DEL` in one script). While Redis is unreachable only a value this replica
-   * queued can be read; otherwise `undefined`, which its reader handles (SPEC 5 step 10).
+   * The value, removed as it is read (`GET` and `DEL` in one script). While Redis is unreachable
+   * only a value this replica queued can be read; otherwise `undefined`, which its reader handles
+   * (SPEC 5 step 10).
    */
   async takeValue (key: string): Promise<string | undefined> {
     checkKey(key, 'value key')

@@ -10,7 +10,7 @@
  *   await redis.start()             // same port, empty
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, rmSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -49,8 +49,11 @@ export async function startRedisServer (options: RedisServerOptions = {}): Promi
   let child: ChildProcess | undefined
   let exited: Promise<void> = Promise.resolve()
   let stopped = false
-  // A test that crashes must not leave a server behind.
-  const killOnExit = (): void => { child?.kill('SIGKILL') }
+  // A test that crashes must not leave a server, or its directory, behind.
+  const killOnExit = (): void => {
+    child?.kill('SIGKILL')
+    rmSync(dir, { recursive: true, force: true })
+  }
   process.once('exit', killOnExit)
 
   const start = async (): Promise<void> => {
