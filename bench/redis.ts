@@ -10,7 +10,9 @@
  *       (A's clock at the call to `revoke`, B's when pub/sub delivered it; both
  *       `performance.timeOrigin + performance.now()`), as a steady stream, as a burst, and as a
  *       stream while B serves `authenticate` at full load;
- *   (c) the full load a replica makes at start and after each reconnect: time and heap per entry.
+ *   (c) the full load a replica makes at start and after each reconnect: time and heap per entry;
+ *   (d) the revocation check itself, in process, against the in-memory store (steadier than req/s
+ *       on a shared machine).
  *
  *   BENCH_ROUNDS (5)  BENCH_DURATION seconds per measurement (3)  BENCH_CONNECTIONS (50)
  *   BENCH_REVOCATIONS live revocations in Redis (100000)  BENCH_PROPAGATION revocations per series (200)
@@ -26,6 +28,7 @@ import { Redis } from 'ioredis'
 import { startFastProvider } from './fast-provider.js'
 import { startRedisServer } from '../test/helpers/redis-server.js'
 import { RedisRevocationStore } from '../redis/index.js'
+import { MemoryRevocationStore, type RevocationStore } from '../lib/revocations.js'
 import { DEFAULT_KEY_PREFIX, redisNames } from '../redis/layout.js'
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
@@ -82,6 +85,31 @@ async function load (replica: Replica, path: string, headers: Record<string, str
   return { rps: result.requests.average, cpuUs }
 }
 
+/**
+ * (d) What `authenticate` asks the store twice per request (the session id, then its Keycloak
+ * session): nanoseconds per `isRevoked` of a session that is not revoked, with the Redis store's copy
+ * of every revocation against the in-memory store empty and holding as many (up to its bound),
+ * interleaved in one process; medians of 5.
+ */
+async function revocationCheckNs (redisStore: RedisRevocationStore, expiresAt: number): Promise<Record<string, number>> {
+  const empty = new MemoryRevocationStore()
+  const full = new MemoryRevocationStore()
+  for (let i = 0; i < Math.min(REVOCATIONS, 99_000); i++) await full.revoke(`seed-session-${i}`, expiresAt)
+  const stores: Record<string, RevocationStore> = { 'Redis store': redisStore, 'memory store, empty': empty, 'memory store, full': full }
+  const samples: Record<string, number[]> = {}
+  const calls = 2_000_000
+  for (let round = 0; round < 5; round++) {
+    for (const [name, store] of Object.entries(stores)) {
+      let refused = 0
+      const started = performance.now()
+      for (let i = 0; i < calls; i++) if (store.isRevoked('bench-session', 1) === true) refused++
+      if (refused > 0) throw new Error(`${name} refused the bench session`)
+      ;(samples[name] ??= []).push((performance.now() - started) * 1e6 / calls)
+    }
+  }
+  return Object.fromEntries(Object.entries(samples).map(([name, values]) => [name, median(values)]))
+}
+
 interface Series { latenciesMs: number[], revokeMs: number[], missing: number }
 
 /** `count` revocations made on `from`, watched arriving on `to`. */
@@ -111,6 +139,7 @@ async function main (): Promise<void> {
 
   // (c) The full load: a new store's ready(), five times; heap held by its local copy.
   const loads: Array<{ ms: number, loadMs: number, heapBytes: number }> = []
+  let checkNs: Record<string, number> = {}
   for (let i = 0; i < 5; i++) {
     const redis = new Redis(server.url)
     await redis.ping()
@@ -124,6 +153,7 @@ async function main (): Promise<void> {
     gc()
     loads.push({ ms, loadMs: await synced, heapBytes: process.memoryUsage().heapUsed - heapBefore })
     if (store.size !== REVOCATIONS) throw new Error(`loaded ${store.size} of ${REVOCATIONS}`)
+    if (i === 4) checkNs = await revocationCheckNs(store, expiresAt)
     await store.close()
     redis.disconnect()
   }
@@ -205,6 +235,8 @@ async function main (): Promise<void> {
       memory: cpuUs['memory store: authenticate, session cookie'] - cpuUs['memory store: bare route']
     },
     propagationMs: { stream: pooled(stream), burst: pooled(burst), streamWhileBusy: { ...pooled(busy), busyRps: Math.round(busyResult.requests.average), busyNon2xx: busyResult.non2xx } },
+    samples: Object.fromEntries(scenarioNames.map((name) => [name, samples.get(name)!.map((s) => ({ rps: Math.round(s.rps), cpuUs: Number(s.cpuUs.toFixed(1)) }))])),
+    isRevokedNs: checkNs,
     fullLoad: { entries: REVOCATIONS, readyMs: median(loads.map((l) => l.ms)), loadMs: median(loads.map((l) => l.loadMs)), heapBytesPerEntry: median(loads.map((l) => l.heapBytes)) / REVOCATIONS },
     replicas: { aRevocations: statsA.revocations, bRevocations: statsB.revocations, queued: statsA.queued + statsB.queued }
   }
@@ -233,7 +265,11 @@ async function main (): Promise<void> {
 |---|---|
 | ready() of a new store | ${f(summary.fullLoad.readyMs, 1)} ms |
 | of which subscribe + ZSCAN + write-back check | ${f(summary.fullLoad.loadMs, 1)} ms |
-| heap of the local copy | ${f(summary.fullLoad.heapBytesPerEntry)} bytes per revocation |`)
+| heap of the local copy | ${f(summary.fullLoad.heapBytesPerEntry)} bytes per revocation |
+
+| isRevoked of a live session, in process (median of 5 × 2,000,000) | ns per call |
+|---|---|`)
+  for (const [name, ns] of Object.entries(checkNs)) console.log(`| ${name} | ${f(ns, 1)} |`)
   console.log('\n' + JSON.stringify(summary))
 }
 
