@@ -7,10 +7,10 @@ import t, { type Test } from 'tap'
 import { EventEmitter, once } from 'node:events'
 import { Redis, type RedisOptions } from 'ioredis'
 import { startRedisServer, type RedisServer } from './helpers/redis-server.js'
-import { startReplica, startStack, USERS, type Stack } from './helpers/stack.js'
+import { KC, startReplica, startStack, USERS, type Stack } from './helpers/stack.js'
 import { UserAgent } from './helpers/user-agent.js'
 import {
-  RedisRevocationStore, RedisStoreError, REDIS_STORE_ERRORS, DEFAULT_KEY_PREFIX,
+  RedisRevocationStore, REDIS_STORE_ERRORS, DEFAULT_KEY_PREFIX,
   type RedisRevocationStoreEvents, type RedisRevocationStoreOptions
 } from '../redis/index.js'
 import { decodeRevocations } from '../redis/layout.js'
@@ -118,7 +118,6 @@ t.test('options and inputs: refused with a stable code, nothing changed', async 
   t.equal(store.size, 0, 'nothing revoked')
   t.equal(store.queued, 0, 'nothing queued')
   t.equal(await redis.dbsize(), 0, 'nothing written to Redis')
-  t.type(new RedisStoreError(REDIS_STORE_ERRORS.input, 'x'), Error)
 })
 
 t.test('a revocation on one replica is refused on the other, kept in Redis until the session expires', async (t) => {
@@ -613,4 +612,34 @@ t.test('through the plugin, Redis down for longer than maxStaleMs: sessions and 
   await server.start()
   await synced
   t.equal(await me(), 200, 'in sync again: the same cookie works, without logging in again')
+})
+
+t.test('two replicas: Keycloak\'s back-channel logout received by A ends the Keycloak session\'s sessions on B', async (t) => {
+  const server = await redisServer(t)
+  const a = await replica(t, server)
+  const b = await replica(t, server)
+  const stack = await startStack({ env: { [`${KC}idp_logout`]: 'true' }, plugin: { revocations: a.store } })
+  t.teardown(stack.close)
+  const other = await startReplica(stack, { revocations: b.store })
+  t.teardown(other.close)
+
+  const { agent } = await stack.login('alice')
+  const first = agent.cookies(stack.appUrl).get('clearml_token_basic')!
+  // A second ClearML session on the same Keycloak session (single sign-on: no password asked).
+  await agent.navigate(`${stack.appUrl}/login/keycloak`)
+  const onB = async (token: string): Promise<number> => (await fetch(`${other.url}/me`, { headers: { authorization: `Bearer ${token}` } })).status
+  t.equal(await onB(first), 200)
+
+  // The user logs out of the second session with idp_logout: Keycloak ends its session and calls
+  // the back-channel URL, which reaches replica A.
+  const logout = JSON.parse((await agent.request(`${stack.appUrl}/login.logout`, { json: {} })).body)
+  const endSession = await agent.navigate(logout.data.redirect_url)
+  const form = endSession.body.match(/<form[^>]*action="([^"]+)"[^>]*>([\s\S]*?)<\/form>/)!
+  const fields = Object.fromEntries([...form[2].matchAll(/name="([^"]+)" value="([^"]*)"/g)].map((m) => [m[1], m[2]]))
+  await agent.navigate(new URL(form[1], endSession.url).href, { form: { ...fields, logout: 'yes' }, stopAt: (u) => u.startsWith(stack.appUrl) })
+  t.match(stack.logs.join(''), 'Keycloak back-channel logout', 'A received the back-channel call')
+
+  const sid = JSON.parse(Buffer.from(first.split('.')[1], 'base64url').toString()).sso.sid as string
+  await until(b.store, 'received', () => b.store.isRevoked(`keycloak-sid:${sid}`))
+  t.equal(await onB(first), 401, 'the first session, never logged out at ClearML, is refused on B')
 })
