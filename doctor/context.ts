@@ -4,6 +4,7 @@
  * run costs Keycloak one request per endpoint. Every call goes through `lib/http.ts` (time-out, size
  * cap), the same client the plugin logs in with.
  */
+import type { SsoError } from '../lib/errors.js'
 import { issuerOf, type KeycloakConfig } from '../lib/config.js'
 import { callJson, type CallOptions, type HttpAnswer } from '../lib/http.js'
 
@@ -68,6 +69,16 @@ export function shown (value: unknown): string {
   return text.length > 200 ? `${text.slice(0, 200)}…` : text
 }
 
+/**
+ * What went wrong on the way to Keycloak, in the doctor's words: the check's message names the URL and
+ * its fix names the setting, so the plugin's longer log reason (which says both) is not repeated.
+ */
+function transportFailure (err: SsoError, what: string, timeoutMs: number): string {
+  const cause = err.cause as Error | undefined
+  if (cause === undefined) return err.message // an answer too large: lib/http.ts says which and how large
+  return cause.name === 'AbortError' ? `${what} timed out after ${timeoutMs} ms` : `${what} could not be reached`
+}
+
 export function createContext (config: KeycloakConfig, webapp: WebApp): DoctorContext {
   const issuer = issuerOf(config)!
   const probe: DoctorContext['probe'] = async (url, options) => {
@@ -76,9 +87,7 @@ export function createContext (config: KeycloakConfig, webapp: WebApp): DoctorCo
       const answer = await callJson(url, { ...options, timeoutMs: config.httpTimeoutMs, responseHeaders: true })
       return { answer, sentAt, receivedAt: Date.now() }
     } catch (err) {
-      // lib/http.ts turns every failure into an SsoError whose message names the endpoint and the
-      // reason ("discovery could not be reached", "... timed out after 10000 ms"), never the URL's query.
-      return { failure: (err as Error).message }
+      return { failure: transportFailure(err as SsoError, options.what, config.httpTimeoutMs) }
     }
   }
   const discovery = once(async () => config.baseUrl === undefined

@@ -8,27 +8,53 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import Fastify, { LogController, type FastifyInstance } from 'fastify'
 import { Counter, Histogram, Registry } from 'prom-client'
-import clearmlKeycloak, { diagnosticsChannels, MemoryDirectory, redactPaths, type AuthRefusedEvent, type IdpCallEvent, type JwksFetchEvent, type LoginEvent } from '../index.js'
+import clearmlKeycloak, {
+  diagnosticsChannels, MemoryDirectory, redactPaths,
+  type AuthRefusedEvent, type DirectoryUser, type IdpCallEvent, type JwksFetchEvent, type LoginEvent, type RevocationStore, type UserDirectory, type WhitelistSeed
+} from '../index.js'
 import { escapeHtml, page } from './demo/page.js'
 
+/** A directory the example's pages can also read back: `MemoryDirectory`, or `PostgresDirectory` (async). */
+export type ExampleDirectory = UserDirectory & {
+  groupsOf(userId: string): string[] | Promise<string[]>
+  listUsers(): DirectoryUser[] | Promise<DirectoryUser[]>
+}
+
+/** The seeding helpers `MemoryDirectory` and `PostgresDirectory` share. */
+interface SeedableDirectory {
+  addCompany(company: { id: string, name: string }): unknown
+  addGroup(company: string, name: string): unknown
+  addWhitelistEntry(entry: WhitelistSeed): unknown
+}
+
 /** The demo company: ClearML groups ml-team and data-science, and a whitelist for acme.example. */
-export function seededDirectory (): MemoryDirectory {
+export async function seedDemoCompany (directory: SeedableDirectory): Promise<void> {
+  await directory.addCompany({ id: 'acme', name: 'Acme ML' })
+  await directory.addGroup('acme', 'ml-team')
+  await directory.addGroup('acme', 'data-science')
+  await directory.addWhitelistEntry({ domain: 'acme.example', company: 'acme' })
+}
+
+export async function seededDirectory (): Promise<MemoryDirectory> {
   const directory = new MemoryDirectory()
-  directory.addCompany({ id: 'acme', name: 'Acme ML' })
-  directory.addGroup('acme', 'ml-team')
-  directory.addGroup('acme', 'data-science')
-  directory.addWhitelistEntry({ domain: 'acme.example', company: 'acme' })
+  await seedDemoCompany(directory)
   return directory
 }
 
-export async function buildApiserver (options: { env: Record<string, string | undefined>, webappUrl: string, directory: MemoryDirectory, logger?: boolean }): Promise<FastifyInstance> {
+export async function buildApiserver (options: {
+  env: Record<string, string | undefined>
+  webappUrl: string
+  directory: ExampleDirectory
+  revocations?: RevocationStore
+  logger?: boolean
+}): Promise<FastifyInstance> {
   const { directory } = options
   // Only the plugin's own lines (logins, refusals) by default: per-request lines drown them out.
   const app = Fastify({
     logger: options.logger === false ? false : { level: 'info', redact: redactPaths },
     logController: new LogController({ disableRequestLogging: process.env.DEMO_REQUEST_LOGS !== '1' })
   })
-  await app.register(clearmlKeycloak, { directory, webappUrl: options.webappUrl, env: options.env, routes: { explain: true } })
+  await app.register(clearmlKeycloak, { directory, webappUrl: options.webappUrl, env: options.env, revocations: options.revocations, routes: { explain: true } })
 
   const metrics = prometheusMetrics()
   app.addHook('onClose', async () => { metrics.close() })
@@ -37,8 +63,8 @@ export async function buildApiserver (options: { env: Record<string, string | un
   app.get('/', async (request, reply) => {
     const session = await app.keycloak.sessionOf(request)
     if (session === null) return await reply.redirect('/login', 302)
-    const groups = directory.groupsOf(session.user)
-    const user = directory.listUsers().find((candidate) => candidate.id === session.user)
+    const groups = await directory.groupsOf(session.user)
+    const user = (await directory.listUsers()).find((candidate) => candidate.id === session.user)
     return await reply.type('text/html').send(page('Acme ML — ClearML', `
       <h1>Welcome, <span id="user-name">${escapeHtml(session.user_name)}</span></h1>
       <dl>
@@ -62,7 +88,7 @@ export async function buildApiserver (options: { env: Record<string, string | un
 
   app.get('/users.get_current_user', { preHandler: app.keycloak.authenticate }, async (request) => ({
     meta: { result_code: 200, result_msg: 'OK' },
-    data: { user: { ...request.clearmlIdentity, groups: directory.groupsOf(request.clearmlIdentity!.user) } }
+    data: { user: { ...request.clearmlIdentity, groups: await directory.groupsOf(request.clearmlIdentity!.user) } }
   }))
   return app
 }

@@ -27,6 +27,8 @@ export interface RevocationStore {
   setValue?(key: string, value: string, expiresAt: number): Promise<void>
   /** The value kept under `key`, removed as it is read; `undefined` when absent or expired. */
   takeValue?(key: string): Promise<string | undefined>
+  /** Where the store warns when it was built without a log of its own: the plugin passes Fastify's. */
+  useLog?(log: StoreLog): void
 }
 
 const nowSec = (): number => Date.now() / 1000

@@ -29,10 +29,10 @@ export interface Authenticator {
   tokenOf: (request: FastifyRequest) => string | undefined
 }
 
+// HTTP parsers trim a header's surrounding whitespace, so a bearer header longer than `Bearer ` has a token.
 function bearerToken (header: string | undefined): string | undefined {
   if (header === undefined || header.length <= 7 || header.slice(0, 7).toLowerCase() !== 'bearer ') return undefined
-  const token = header.slice(7).trim()
-  return token === '' ? undefined : token
+  return header.slice(7).trim()
 }
 
 export function authenticator (options: { sso: KeycloakSso, bearer?: KeycloakBearerTokens, cookieName: string }): Authenticator {

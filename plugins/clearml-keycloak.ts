@@ -121,7 +121,7 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
   if (!fastify.hasDecorator('parseCookie')) await fastify.register(fastifyCookie)
 
   const revocations = options.revocations ?? new MemoryRevocationStore()
-  if (revocations instanceof MemoryRevocationStore) revocations.useLog(fastify.log)
+  revocations.useLog?.(fastify.log)
   const sso = new KeycloakSso({
     config,
     directory: options.directory,

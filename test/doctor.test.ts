@@ -391,7 +391,7 @@ interface ScriptedRealm {
   /** Leave out the Date header. */
   noDate: boolean
 }
-interface Answer { status?: number, headers?: Record<string, string>, body?: unknown }
+interface Answer { status?: number, headers?: Record<string, string>, body?: unknown, hang?: boolean }
 
 async function startScriptedRealm (t: Test): Promise<ScriptedRealm> {
   const { publicKey } = await generateKeyPair('RS256')
@@ -430,6 +430,7 @@ async function startScriptedRealm (t: Test): Promise<ScriptedRealm> {
     req.resume()
     const endpoint = endpointOf(new URL(req.url!, origin).pathname)
     const answer: Answer = endpoint === undefined ? { status: 404, body: 'not found' } : (realm.answers[endpoint] ?? healthy[endpoint])(req)
+    if (answer.hang === true) return
     res.sendDate = !realm.noDate
     const text = typeof answer.body === 'string' ? answer.body : JSON.stringify(answer.body)
     res.writeHead(answer.status ?? 200, { 'content-type': typeof answer.body === 'string' ? 'text/plain' : 'application/json', ...answer.headers }).end(text)
@@ -448,6 +449,8 @@ t.test('answers of other Keycloak versions and of broken deployments', async (t)
   const redirectBack = (query: string) => () => ({ status: 302, headers: { location: `${callback}?${query}` } })
   const cases: Array<{ name: string, setup: (realm: ScriptedRealm) => void, env?: Env, check: CheckId, expect: { ok?: boolean, message: RegExp | string, fix?: RegExp | string } }> = [
     { name: 'discovery fails', setup: (r) => { r.answers.discovery = () => ({ status: 503, body: { error: 'unavailable' } }) }, check: 'discovery', expect: { message: /answered HTTP 503$/, fix: 'Keycloak is failing: see its log' } },
+    { name: 'discovery hangs', setup: (r) => { r.answers.discovery = () => ({ hang: true }) }, env: { [`${KC}http_timeout_ms`]: '300' }, check: 'discovery', expect: { message: /^discovery timed out after 300 ms \(http:\/\/127\.0\.0\.1:\d+\/realms\/scripted\/\.well-known\/openid-configuration\)$/ } },
+    { name: 'a key set of more than 1 MiB', setup: (r) => { r.answers.certs = () => ({ body: 'x'.repeat(1024 * 1024 + 1) }) }, check: 'jwks', expect: { message: /^key set \(jwks\) answered more than 1048576 bytes/ } },
     { name: 'base_url is a web page', setup: (r) => { r.answers.discovery = () => ({ headers: { 'content-type': 'text/html' }, body: '<html>' }) }, check: 'discovery', expect: { message: /answered something other than a JSON discovery document$/, fix: /base_url to the realm's URL/ } },
     { name: 'no issuer', setup: (r) => { r.document = { ...r.document, issuer: undefined } }, check: 'issuer', expect: { message: 'the discovery document names no issuer: this is not a Keycloak realm', fix: /base_url/ } },
     { name: 'a long, odd issuer is shown shortened', setup: (r) => { r.document = { ...r.document, issuer: 'x'.repeat(300) } }, check: 'issuer', expect: { message: new RegExp(`^the realm calls itself ${'x'.repeat(200)}…, not`) } },

@@ -60,7 +60,7 @@ t.test('the example apiserver\'s /metrics after logins, a refusal, a key rotatio
     clients: [{ ...DEMO_CLIENT, redirectUris: [`${url}/callback_keycloak`], postLogoutRedirectUris: [`${url}/login`] }]
   })
   const env = demoEnvironment(idp.issuer)
-  const app = await buildApiserver({ env, webappUrl: url, directory: seededDirectory(), logger: false })
+  const app = await buildApiserver({ env, webappUrl: url, directory: await seededDirectory(), logger: false })
   await app.listen({ port, host: '127.0.0.1' })
   t.teardown(async () => { await app.close(); await idp.close() })
 

@@ -71,7 +71,7 @@ export async function startDemo (options: { port?: number, idpPort?: number, hos
     clients: [{ ...DEMO_CLIENT, redirectUris: [`${url}/callback_keycloak`], postLogoutRedirectUris: [`${url}/login`, `${url}/`] }]
   })
   const env = { ...demoEnvironment(idp.issuer), ...clearmlVariables(process.env) }
-  const directory = seededDirectory()
+  const directory = await seededDirectory()
   const app = await buildApiserver({ env, webappUrl: url, directory, logger: options.logger })
   await app.listen({ port, host })
   return { app, idp, directory, url, env, close: async () => { await app.close(); await idp.close() } }

@@ -122,3 +122,28 @@ export async function startStack<D extends UserDirectory = MemoryDirectory> (opt
     }
   }
 }
+
+export interface Replica {
+  app: FastifyInstance
+  /** Where this replica listens; its public URL is still the stack's (`webappUrl`). */
+  url: string
+  logs: string[]
+  close: () => Promise<void>
+}
+
+/**
+ * Another apiserver replica of `stack`, as behind a load balancer: the same CLEARML__ environment,
+ * public URL and directory (one database), its own port, and its own plugin options (for example
+ * its own revocation store on its own Redis client). It has the protected route `GET /me`.
+ */
+export async function startReplica (stack: Stack, plugin: Partial<ClearmlKeycloakOptions> = {}): Promise<Replica> {
+  const logs: string[] = []
+  const app = Fastify({
+    logger: { level: 'info', stream: { write: (line: string) => { logs.push(line) } } }
+  })
+  await app.register(clearmlKeycloak, { directory: stack.directory, webappUrl: stack.appUrl, env: stack.env, ...plugin })
+  app.get('/me', { preHandler: app.keycloak.authenticate }, async (request) => request.clearmlIdentity)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  return { app, url: `http://127.0.0.1:${port}`, logs, close: async () => { await app.close() } }
+}
