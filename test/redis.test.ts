@@ -131,7 +131,7 @@ t.test('a revocation on one replica is refused on the other, kept in Redis until
   const received = once(b.store, 'received')
   await a.store.revoke('session-1', expiresAt)
   t.equal(a.store.isRevoked('session-1'), true, 'refused on the replica that revoked it, at once')
-  t.same((await received)[0], ['session-1'], 'B was told by pub/sub')
+  t.strictSame((await received)[0], ['session-1'], 'B was told by pub/sub')
   t.equal(b.store.isRevoked('session-1'), true, 'refused on the other replica')
   t.equal(b.store.isRevoked('session-2'), false, 'other sessions still accepted')
 
@@ -150,8 +150,8 @@ t.test('a revocation on one replica is refused on the other, kept in Redis until
   await a.store.revoke('already-over', nowSec() - 1)
   t.equal(await a.redis.zscore(REVOKED, 'already-over'), null, 'a session that has expired is not written')
   t.equal(a.store.isRevoked('already-over'), false)
-  t.same(a.warnings, [], 'no warnings')
-  t.same(b.warnings, [])
+  t.strictSame(a.warnings, [], 'no warnings')
+  t.strictSame(b.warnings, [])
 })
 
 t.test('ready() loads what is in Redis, page by page; other prefixes are not shared', async (t) => {
@@ -478,10 +478,10 @@ t.test('maxmemory-policy: an evicting policy is warned about; CONFIG refused is 
 
   const managed = await redisServer(t, ['--rename-command', 'CONFIG', ''])
   const quiet = await replica(t, managed)
-  t.same(quiet.warnings, [], 'CONFIG disabled: nothing to say')
+  t.strictSame(quiet.warnings, [], 'CONFIG disabled: nothing to say')
 
   const safe = await redisServer(t)
-  t.same((await replica(t, safe)).warnings, [], 'noeviction: no warning')
+  t.strictSame((await replica(t, safe)).warnings, [], 'noeviction: no warning')
 })
 
 t.test('expired revocations go away: from Redis, and from every local copy', async (t) => {
@@ -505,7 +505,7 @@ t.test('expired revocations go away: from Redis, and from every local copy', asy
   await a.store.revoke('short-again', again)
   await sleep((again + 0.05) * 1000 - Date.now())
   await a.store.revoke('another', inAnHour())
-  t.same(await a.redis.zrange(REVOKED, '0', '-1'), ['long', 'another'], 'each write removes what has expired')
+  t.strictSame(await a.redis.zrange(REVOKED, '0', '-1'), ['long', 'another'], 'each write removes what has expired')
 })
 
 t.test('a message on the channel that no store wrote is ignored', async (t) => {
