@@ -99,6 +99,13 @@ t.test('value parsing, as ClearML\'s HOCON reader does', async (t) => {
     ['exponent with a sign, upper case', '1E-3', 0.001],
     ['exponent with a plus sign', '1e+3', 1000],
     ['exponent of two digits', '1e10', 1e10],
+    // Valid JSON is read as JSON first; these are numbers only by HOCON's reading.
+    ['leading zeros and decimals', '007.25', 7.25],
+    ['plus sign and two decimals', '+1.25', 1.25],
+    ['leading dot and exponent', '.5e1', 5],
+    ['leading dot, negative exponent', '.5e-1', 0.05],
+    ['plus sign, exponent with a sign', '+1E+2', 100],
+    ['plus sign, exponent of two digits', '+1e10', 1e10],
     ['a name that ends in digits is text, not NaN', 'team1', 'team1'],
     ['digits then letters', '1x', '1x'],
     ['hexadecimal is text', '0x10', '0x10'],
