@@ -1,5 +1,5 @@
 /**
- * `npm run mutate [-- <module>...] [-- --concurrency 2]`: one StrykerJS run per rule module (see
+ * `npm run mutate [-- <module>... [stryker options, e.g. --concurrency 2]]`: one StrykerJS run per rule module (see
  * stryker.config.mjs), then the score of each and every surviving mutant. A survivor listed in
  * docs/mutation.md as equivalent (same place, mutator and replacement) is expected; any other fails
  * the command. Not part of `npm test`: it takes minutes.
