@@ -27,7 +27,7 @@ export {
 export { mapClaims } from './lib/identity.js'
 export { diagnosticsChannels, type LoginEvent, type IdpCallEvent, type IdpEndpoint, type JwksFetchEvent, type JwksFetchReason, type AuthRefusedEvent } from './lib/diagnostics.js'
 export type { Explanation, ExplainInput } from './lib/explain.js'
-export type { UserStatus, SignupVerdict, RoleVerdict, ProfileChange, ProfileField } from './lib/login.js'
+export type { LoginPlan, UserStatus, SignupVerdict, RoleVerdict, ProfileChange, ProfileField } from './lib/login.js'
 export { testDirectory, type DirectoryFactory, type DirectoryContractTest, type TestDirectoryOptions } from './lib/test-directory.js'
 /** Log paths to redact in the host's pino logger: the session cookie and bearer tokens. */
 export const redactPaths = ['req.headers.cookie', 'req.headers.authorization', 'res.headers["set-cookie"]']

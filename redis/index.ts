@@ -8,3 +8,5 @@ export {
 } from './revocation-store.js'
 export { RedisStoreError, REDIS_STORE_ERRORS, type RedisStoreErrorCode } from './errors.js'
 export { DEFAULT_KEY_PREFIX, MINIMUM_REDIS } from './layout.js'
+// The store's interface and its log, so a host importing only this entry can name them.
+export type { RevocationStore, StoreLog } from '../lib/revocations.js'
