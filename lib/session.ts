@@ -1,15 +1,16 @@
 /**
  * The ClearML-compatible session token (SPEC section 5 step 10) and its verification on every
- * authenticated request. Verifying an HS256 JWT costs more than the rest of a small request, so
- * verified tokens are cached (bounded, insertion-ordered eviction) with the identity already built,
- * and a hit costs one map look-up, an expiry comparison and the revocation check, synchronously
- * when the revocation store answers synchronously (see `benchmarks` in docs/performance.md).
+ * authenticated request. Verified tokens are cached with the identity already built, least recently
+ * used evicted first, so a hit costs one map look-up, an expiry comparison and the revocation check.
+ * A token not in the cache is verified synchronously (`session-token.ts`), so the cost of a request
+ * hardly depends on how many sessions are active (docs/performance.md, "Many sessions").
  */
 import { webcrypto } from 'node:crypto'
-import { jwtVerify, SignJWT } from 'jose'
+import { SignJWT } from 'jose'
 import type { Company, DirectoryUser, Role } from './directory.js'
 import { randomToken } from './crypto.js'
 import type { RevocationStore } from './revocations.js'
+import { epochSeconds, SessionTokenVerifier } from './session-token.js'
 
 export interface SessionIdentity {
   company: string
@@ -65,29 +66,45 @@ export interface SessionOptions {
   secret: string | undefined
   lifetimeSec: number
   revocations: RevocationStore
+  /** How many verified sessions are kept; 0 keeps none. Default `DEFAULT_SESSION_CACHE_MAX`. */
   cacheMax?: number
 }
 
+/**
+ * Room for 100,000 active sessions: about 100 MB of heap (measured per cached session by
+ * `npm run bench`; docs/performance.md). Past it, a request whose session was evicted pays a
+ * synchronous HS256 verification, a few microseconds.
+ */
+export const DEFAULT_SESSION_CACHE_MAX = 100_000
+
 export class SessionTokens {
-  // Imported once: jose would otherwise import the raw secret into WebCrypto on every operation.
-  readonly #key: Promise<webcrypto.CryptoKey> | undefined
+  // Imported once: jose would otherwise import the raw secret into WebCrypto on every signature.
+  readonly #signingKey: Promise<webcrypto.CryptoKey> | undefined
+  readonly #verifier: SessionTokenVerifier | undefined
   readonly #lifetimeSec: number
   readonly #revocations: RevocationStore
-  readonly #cache = new Map<string, VerifiedSession>()
-  readonly #cacheMax: number
+  readonly #cache: SessionCache
 
   constructor (options: SessionOptions) {
-    this.#key = options.secret === undefined
+    const cacheMax = options.cacheMax ?? DEFAULT_SESSION_CACHE_MAX
+    if (!Number.isSafeInteger(cacheMax) || cacheMax < 0) throw new TypeError('fastify-clearml-keycloak: "sessionCacheMax" must be a whole number, 0 or more')
+    this.#signingKey = options.secret === undefined
       ? undefined
-      : webcrypto.subtle.importKey('raw', new TextEncoder().encode(options.secret), { name: 'HMAC', hash: 'SHA-256' }, false, ['sign', 'verify'])
+      : webcrypto.subtle.importKey('raw', new TextEncoder().encode(options.secret), { name: 'HMAC', hash: 'SHA-256' }, false, ['sign'])
+    this.#verifier = options.secret === undefined ? undefined : new SessionTokenVerifier(options.secret)
     this.#lifetimeSec = options.lifetimeSec
     this.#revocations = options.revocations
-    this.#cacheMax = options.cacheMax ?? 10_000
+    this.#cache = new SessionCache(cacheMax)
   }
 
   /** How many verified tokens are cached; for tests and benchmarks. */
   get cacheSize (): number {
     return this.#cache.size
+  }
+
+  /** Whether the token's session is cached (asking does not count as a use); for tests and benchmarks. */
+  isCached (token: string): boolean {
+    return this.#cache.has(token)
   }
 
   newSessionId (): string {
@@ -99,7 +116,7 @@ export class SessionTokens {
   }
 
   async issue (user: DirectoryUser, company: Company, sessionId: string, sid: string | undefined): Promise<IssuedSession> {
-    if (this.#key === undefined) throw new Error('token_secret is not configured')
+    if (this.#signingKey === undefined) throw new Error('token_secret is not configured')
     const iat = Math.floor(Date.now() / 1000)
     const exp = iat + this.#lifetimeSec
     const identity: SessionIdentity = { company: company.id, user: user.id, user_name: user.name, role: user.role, company_name: company.name }
@@ -108,62 +125,116 @@ export class SessionTokens {
       identity,
       session_id: sessionId,
       sso: sid === undefined ? { provider: 'keycloak' } : { provider: 'keycloak', sid }
-    }).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setIssuedAt(iat).setExpirationTime(exp).sign(await this.#key)
+    }).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setIssuedAt(iat).setExpirationTime(exp).sign(await this.#signingKey)
     return { token, sessionId, expiresAt: exp }
   }
 
   /**
-   * The fast path: a cached session, or `null` when it expired or is revoked; `undefined` when only
-   * the slow path can tell (not cached yet, or a revocation store that answers asynchronously).
+   * The synchronous path: the session when the token is valid, unexpired and not revoked; `null`
+   * when a cached token has expired or is revoked; `undefined` when only the slow path can tell: a
+   * token that is not a valid session token (it may be another kind of credential), or a revocation
+   * store that answers asynchronously. A valid token not cached yet is verified and cached here.
    */
   cached (token: string): VerifiedSession | null | undefined {
-    const session = this.#cache.get(token)
-    if (session === undefined) return undefined
-    if (session.claims.exp <= Date.now() / 1000) {
-      this.#cache.delete(token)
-      return null
-    }
-    const revoked = this.#revocations.isRevoked(session.claims.session_id, session.claims.iat)
-    if (revoked !== false) return revoked === true ? null : undefined
-    if (session.keycloakSessionKey === undefined) return session
-    const ended = this.#revocations.isRevoked(session.keycloakSessionKey, session.claims.iat)
-    if (ended === false) return session
-    return ended === true ? null : undefined
+    const session = this.#cache.get(token) ?? this.#admit(token)
+    return session === undefined ? undefined : this.#check(token, session)
   }
 
   /** The session when the token is valid, unexpired and not revoked; otherwise `null`. */
   async verify (token: string): Promise<VerifiedSession | null> {
-    const fast = this.cached(token)
+    const session = this.#cache.get(token) ?? this.#admit(token)
+    if (session === undefined) return null
+    const fast = this.#check(token, session)
     if (fast !== undefined) return fast
-    let session = this.#cache.get(token)
-    if (session === undefined) {
-      if (this.#key === undefined) return null
-      let claims: SessionClaims
-      try {
-        const { payload } = await jwtVerify(token, await this.#key, { algorithms: ['HS256'], requiredClaims: ['exp', 'iat'] })
-        if (!isSessionClaims(payload)) return null
-        claims = payload
-      } catch {
-        return null
-      }
-      session = {
-        claims,
-        identity: Object.freeze({ ...claims.identity, session_id: claims.session_id, exp: claims.exp, credential: 'session' }),
-        keycloakSessionKey: typeof claims.sso?.sid === 'string' ? keycloakSessionKey(claims.sso.sid) : undefined
-      }
-      if (this.#cache.size >= this.#cacheMax) this.#cache.delete(this.#cache.keys().next().value!)
-      this.#cache.set(token, session)
-      const again = this.cached(token)
-      if (again !== undefined) return again
-    }
     const { session_id: sessionId, iat } = session.claims
     if (await this.#revocations.isRevoked(sessionId, iat)) return null
     return session.keycloakSessionKey !== undefined && await this.#revocations.isRevoked(session.keycloakSessionKey, iat) ? null : session
   }
+
+  /** Verifies a token that is not cached and caches it; `undefined` when it is not a valid session token. */
+  #admit (token: string): VerifiedSession | undefined {
+    const claims = this.#verifier?.verify(token) ?? null
+    if (claims === null) return undefined
+    const session: VerifiedSession = {
+      claims,
+      identity: Object.freeze({ ...claims.identity, session_id: claims.session_id, exp: claims.exp, credential: 'session' }),
+      keycloakSessionKey: typeof claims.sso?.sid === 'string' ? keycloakSessionKey(claims.sso.sid) : undefined
+    }
+    this.#cache.add(token, session)
+    return session
+  }
+
+  /** Expiry and revocation of a verified session; `undefined` when the revocation store answers later. */
+  #check (token: string, session: VerifiedSession): VerifiedSession | null | undefined {
+    const { exp, iat, session_id: sessionId } = session.claims
+    // The verifier's rule (jose's): expired from the second `exp` names.
+    if (exp <= epochSeconds()) {
+      this.#cache.delete(token)
+      return null
+    }
+    const revoked = this.#revocations.isRevoked(sessionId, iat)
+    if (revoked !== false) return revoked === true ? null : undefined
+    if (session.keycloakSessionKey === undefined) return session
+    const ended = this.#revocations.isRevoked(session.keycloakSessionKey, iat)
+    if (ended === false) return session
+    return ended === true ? null : undefined
+  }
 }
 
-function isSessionClaims (payload: Record<string, unknown>): payload is SessionClaims & Record<string, unknown> {
-  const identity = payload.identity as Record<string, unknown> | undefined
-  return payload.auth_type === 'Bearer' && typeof payload.session_id === 'string' &&
-    typeof identity === 'object' && identity !== null && typeof identity.user === 'string' && typeof identity.company === 'string'
+interface CacheEntry {
+  session: VerifiedSession
+  /** Value of the admission counter when the entry was last moved to the young end of the order. */
+  movedAt: number
+}
+
+/**
+ * Verified sessions by token (the whole token: a key made of part of it would let a forged payload
+ * borrow a genuine signature), least recently used evicted first. A `Map` keeps insertion order, so
+ * moving an entry to the young end is a delete and a set; it is done at most once per half cache
+ * of admissions. An entry is evicted at the earliest by the `max`-th admission after it was moved,
+ * so one used since its last move is still safe for more than `max / 2` admissions, and a hit on a
+ * session in steady use costs one look-up (memcached bumps an item at most once a minute for the
+ * same reason). Every session used within the last `max / 2` admissions is kept, where strict LRU
+ * would keep those of the last `max`.
+ */
+class SessionCache {
+  readonly #entries = new Map<string, CacheEntry>()
+  readonly #max: number
+  readonly #moveAfter: number
+  #admissions = 0
+
+  constructor (max: number) {
+    this.#max = max
+    this.#moveAfter = Math.floor(max / 2)
+  }
+
+  get size (): number {
+    return this.#entries.size
+  }
+
+  get (token: string): VerifiedSession | undefined {
+    const entry = this.#entries.get(token)
+    if (entry === undefined) return undefined
+    if (this.#admissions - entry.movedAt >= this.#moveAfter) {
+      this.#entries.delete(token)
+      this.#entries.set(token, entry)
+      entry.movedAt = this.#admissions
+    }
+    return entry.session
+  }
+
+  add (token: string, session: VerifiedSession): void {
+    if (this.#max === 0) return
+    // The least recently used: the first in the map's order.
+    if (this.#entries.size >= this.#max) this.#entries.delete(this.#entries.keys().next().value!)
+    this.#entries.set(token, { session, movedAt: ++this.#admissions })
+  }
+
+  has (token: string): boolean {
+    return this.#entries.has(token)
+  }
+
+  delete (token: string): void {
+    this.#entries.delete(token)
+  }
 }
