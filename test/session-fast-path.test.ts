@@ -104,6 +104,7 @@ t.test('named cases: the fast path decides as jose does', async (t) => {
     ['identity without user', withClaims({ identity: { company: 'c-acme' } }), false],
     ['session_id a number', withClaims({ session_id: 1 }), false],
     ['extra claims', withClaims({ extra: { nested: true } }), true],
+    ['a name outside ASCII', withClaims({ identity: { ...CLAIMS.identity, user_name: 'Zoë 山田 🙂' } }), true],
     ['a "__proto__" claim', signed(ISSUED_HEADER, b64(JSON.stringify(CLAIMS).replace('{', '{"__proto__":{"exp":1},'))), true],
     ['padding after the signature', `${GOOD}=`, true],
     ['two padding characters after the signature', `${GOOD}==`, false],
@@ -145,7 +146,7 @@ const numericDate = fc.oneof(
 )
 const optional = <T>(arbitrary: fc.Arbitrary<T>, weight = 6): fc.Arbitrary<T | undefined> => fc.oneof({ weight, arbitrary }, fc.constant(undefined))
 const identity = fc.oneof(
-  { weight: 16, arbitrary: fc.record({ company: fc.string(), user: fc.string(), user_name: fc.string(), role: fc.constantFrom('user', 'admin'), company_name: fc.string() }) },
+  { weight: 16, arbitrary: fc.record({ company: fc.string(), user: fc.string(), user_name: fc.oneof(fc.string(), fc.string({ unit: 'grapheme' }), fc.string({ unit: 'binary' })), role: fc.constantFrom('user', 'admin'), company_name: fc.string() }) },
   fc.constantFrom(null, [], 'u-1', { user: 'u-1' }, { company: 'c', user: 7 }),
   fc.constant(undefined)
 )
