@@ -180,12 +180,21 @@ export class SessionTokens {
       return null
     }
     const revoked = this.#revocations.isRevoked(sessionId, iat)
-    if (revoked !== false) return revoked === true ? null : undefined
+    if (revoked !== false) return revoked === true ? null : undecided(revoked)
     if (session.keycloakSessionKey === undefined) return session
     const ended = this.#revocations.isRevoked(session.keycloakSessionKey, iat)
     if (ended === false) return session
-    return ended === true ? null : undefined
+    return ended === true ? null : undecided(ended)
   }
+}
+
+/**
+ * An asynchronous answer the synchronous path does not wait for (the slow path asks again): its
+ * failure must not become an unhandled rejection, which ends the process.
+ */
+function undecided (answer: Promise<boolean>): undefined {
+  answer.catch(() => {})
+  return undefined
 }
 
 interface CacheEntry {

@@ -285,6 +285,23 @@ t.test('session cache: least recently used evicted first, bounded, validated siz
   }
 })
 
+t.test('a revocation store that fails asynchronously: the slow path reports it, nothing is left unhandled', async (t) => {
+  const unhandled: unknown[] = []
+  const record = (reason: unknown): void => { unhandled.push(reason) }
+  process.on('unhandledRejection', record)
+  t.teardown(() => { process.off('unhandledRejection', record) })
+  const failing = { revoke: async () => {}, isRevoked: async () => { throw new Error('store unreachable') } }
+  const sessions = new SessionTokens({ secret: SECRET, lifetimeSec: 60, revocations: failing })
+  const { token } = await sessions.issue({ id: 'u-1', company: 'c-acme', name: 'Alice', role: 'user' }, { id: 'c-acme', name: 'Acme' }, 's-1', undefined)
+  t.equal(sessions.cached(token), undefined, 'undecided on the synchronous path')
+  await t.rejects(sessions.verify(token), /store unreachable/, 'the slow path fails as the store does')
+  const sidFailing = { revoke: async () => {}, isRevoked: (id: string) => id.startsWith('keycloak-sid:') ? Promise.reject(new Error('store unreachable')) : false }
+  const withSid = new SessionTokens({ secret: SECRET, lifetimeSec: 60, revocations: sidFailing })
+  t.equal(withSid.cached((await withSid.issue({ id: 'u-1', company: 'c-acme', name: 'Alice', role: 'user' }, { id: 'c-acme', name: 'Acme' }, 's-2', 'kc-2')).token), undefined)
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  t.same(unhandled, [], 'no unhandled rejection')
+})
+
 t.test('through a real server: more sessions than the cache holds, refusals, revocation, Keycloak tokens', async (t) => {
   const revocations = new MemoryRevocationStore()
   const stack = await startStack({ protectedRoute: true, plugin: { revocations, sessionCacheMax: 3 } })
