@@ -75,7 +75,7 @@ app.post<{ Body: { count: number, otherCookieBytes: number } }>('/memory-probe',
   const before = process.memoryUsage().heapUsed
   let tokens: string[] = []
   for (let i = 0; i < count; i++) tokens.push((await probe.issue(user(i), company, `probe-session-${i}`, `probe-keycloak-session-${i}`)).token)
-  for (const token of tokens) probe.cached(app.parseCookie(`${others}; clearml_token_basic=${token}`).clearml_token_basic!)
+  for (const token of tokens) await probe.verify(app.parseCookie(`${others}; clearml_token_basic=${token}`).clearml_token_basic!)
   const tokenBytes = tokens.reduce((sum, token) => sum + token.length, 0) / count
   tokens = []
   globalThis.gc!()
