@@ -45,16 +45,33 @@ const median = (values: number[]): number => {
 
 /** Requests per second; `cookie`, when given, is called for the Cookie header of every request. */
 async function load (url: string, headers: Record<string, string> = {}, cookie?: () => string): Promise<number> {
+  return (await loadCounted(url, headers, cookie)).rps
+}
+
+async function loadCounted (url: string, headers: Record<string, string> = {}, cookie?: () => string): Promise<{ rps: number, requests: number }> {
   const requests = cookie === undefined ? undefined : [{ setupRequest: (request: Request) => ({ ...request, headers: { ...request.headers, cookie: cookie() } }) }]
   const result = await autocannon({ url, connections: CONNECTIONS, duration: DURATION, headers, requests })
   if (result.non2xx > 0 || result.errors > 0) throw new Error(`${url}: ${result.non2xx} non-2xx, ${result.errors} errors`)
-  return result.requests.average
+  return { rps: result.requests.average, requests: result.requests.total }
 }
 
-/** Runs every scenario once to warm up, then `ROUNDS` rounds in a rotated order; median req/s of each. */
-async function measure (scenarios: Record<string, () => Promise<number>>): Promise<Record<string, number>> {
+/**
+ * Requests per second, and the server's CPU time per request: on a machine whose cores are shared
+ * (by the load generator at least), the second is the steadier figure.
+ */
+async function loadWithCpu (server: Server, path: string, cookie: () => string): Promise<{ rps: number, cpuUs: number }> {
+  const before = await cpuTime(server)
+  const { rps, requests } = await loadCounted(server.url + path, {}, cookie)
+  return { rps, cpuUs: (await cpuTime(server) - before) / requests }
+}
+
+/**
+ * Runs every scenario once to warm up, then `ROUNDS` rounds in a rotated order; the median of each
+ * figure a scenario returns (req/s, or several).
+ */
+async function measure<T extends number | Record<string, number>> (scenarios: Record<string, () => Promise<T>>): Promise<Record<string, T>> {
   const names = Object.keys(scenarios)
-  const samples = new Map(names.map((name) => [name, [] as number[]]))
+  const samples = new Map(names.map((name) => [name, [] as T[]]))
   for (const name of names) await scenarios[name]() // warm-up: JIT, connection pools, caches
   for (let round = 0; round < ROUNDS; round++) {
     // Rotate the order so that no scenario always runs first or last in a round.
@@ -64,7 +81,10 @@ async function measure (scenarios: Record<string, () => Promise<number>>): Promi
     }
   }
   process.stderr.write('\n')
-  return Object.fromEntries(names.map((name) => [name, median(samples.get(name)!)]))
+  const medianOf = (values: T[]): T => typeof values[0] === 'number'
+    ? median(values as number[]) as T
+    : Object.fromEntries(Object.keys(values[0]).map((key) => [key, median(values.map((v) => (v as Record<string, number>)[key]))])) as T
+  return Object.fromEntries(names.map((name) => [name, medianOf(samples.get(name)!)]))
 }
 
 interface PreparedLogin { path: string, cookie: string }
@@ -110,6 +130,12 @@ async function completeLogins (server: Server, logins: PreparedLogin[], concurre
 
 async function stats (server: Server): Promise<{ cpu: { user: number, system: number }, memory: { heapUsed: number, rss: number }, created: number, sessionCache: number, jwksFetches: number }> {
   return await (await fetch(`${server.url}/stats`)).json() as never
+}
+
+/** The server's CPU time so far, in µs (no garbage collection first, unlike /stats). */
+async function cpuTime (server: Server): Promise<number> {
+  const { user, system } = await (await fetch(`${server.url}/cpu`)).json() as { user: number, system: number }
+  return user + system
 }
 
 async function post<T> (server: Server, path: string, body: unknown): Promise<T> {
@@ -195,20 +221,24 @@ if (PARTS.has('sessions')) {
   await load(`${plugin.url}/protected`, {}, uniform(MANY_SESSIONS)())
   const filled = await stats(plugin)
   const heapPerCachedSession = (filled.memory.heapUsed - before.memory.heapUsed) / (filled.sessionCache - before.sessionCache)
-  const scenarios: Record<string, () => Promise<number>> = {}
+  const scenarios: Record<string, () => Promise<{ rps: number, cpuUs: number }>> = {}
   for (const c of cases) {
-    scenarios[`${c.name}: bare`] = async () => await load(`${c.server.url}/bare`, {}, c.pick())
-    scenarios[`${c.name}: authenticate`] = async () => await load(`${c.server.url}/protected`, {}, c.pick())
+    scenarios[`${c.name}: bare`] = async () => await loadWithCpu(c.server, '/bare', c.pick())
+    scenarios[`${c.name}: authenticate`] = async () => await loadWithCpu(c.server, '/protected', c.pick())
   }
-  const rps = await measure(scenarios)
+  const figures = await measure(scenarios)
   const probes = [0, 2000].map((otherCookieBytes) => ({ otherCookieBytes }))
   const memory = []
   for (const probe of probes) memory.push({ ...probe, ...await post<{ cached: number, bytesPerSession: number, tokenBytes: number }>(smallCache, '/memory-probe', { count: MANY_SESSIONS, ...probe }) })
   smallCache.process.kill()
-  const rows = cases.map((c) => ({ case: c.name, bare: rps[`${c.name}: bare`], authenticate: rps[`${c.name}: authenticate`], ratio: rps[`${c.name}: authenticate`] / rps[`${c.name}: bare`], goal: c.goal }))
+  const rows = cases.map((c) => {
+    const bare = figures[`${c.name}: bare`]
+    const authenticate = figures[`${c.name}: authenticate`]
+    return { case: c.name, bare, authenticate, ratio: authenticate.rps / bare.rps, cpuRatio: bare.cpuUs / authenticate.cpuUs, goal: c.goal }
+  })
   summary.sessions = { rows, heapPerCachedSession, cachedAfterFill: filled.sessionCache, memoryProbe: memory }
-  output.push(`| active sessions (distinct cookies) | bare, same cookies (req/s) | authenticate (req/s) | authenticate / bare | goal |
-|---|---|---|---|---|`, ...rows.map((r) => `| ${r.case} | ${f(r.bare)} | ${f(r.authenticate)} | ${f(r.ratio, 2)}× | ${r.goal > 0 ? `≥ ${f(r.goal, 2)}×` : ''} |`), `
+  output.push(`| active sessions (distinct cookies) | bare, same cookies: req/s, CPU µs per request | authenticate: req/s, CPU µs per request | authenticate / bare: by req/s, by CPU | goal |
+|---|---|---|---|---|`, ...rows.map((r) => `| ${r.case} | ${f(r.bare.rps)}, ${f(r.bare.cpuUs, 1)} | ${f(r.authenticate.rps)}, ${f(r.authenticate.cpuUs, 1)} | ${f(r.ratio, 2)}×, ${f(r.cpuRatio, 2)}× | ${r.goal > 0 ? `≥ ${f(r.goal, 2)}×` : ''} |`), `
 Heap growth per cached session while serving ${many} sessions: ${f(heapPerCachedSession)} bytes (${f(filled.sessionCache)} cached).`,
   ...memory.map((m) => `Memory probe, ${f(m.cached)} real sessions, each presented with ${f(m.otherCookieBytes)} bytes of other cookies: ${f(m.bytesPerSession)} bytes per cached session (the token itself: ${f(m.tokenBytes)}); ${f(100e6 / m.bytesPerSession)} sessions in 100 MB.`), '')
 }
