@@ -285,6 +285,42 @@ t.test('session cache: least recently used evicted first, bounded, validated siz
   }
 })
 
+t.test('property: the cache keeps every session used fewer than max / 2 admissions ago, evicts the least recently moved', async (t) => {
+  const revocations = new MemoryRevocationStore()
+  const issuer = new SessionTokens({ secret: SECRET, lifetimeSec: 3600, revocations })
+  const tokens = await Promise.all(Array.from({ length: 12 }, async (_, i) => (await issuer.issue({ id: `u-${i}`, company: 'c-acme', name: `User ${i}`, role: 'user' }, { id: 'c-acme', name: 'Acme' }, `s-${i}`, undefined)).token))
+  fc.assert(fc.property(fc.nat(8), fc.array(fc.nat(11), { maxLength: 60 }), (max, uses) => {
+    const sessions = new SessionTokens({ secret: SECRET, lifetimeSec: 3600, revocations, cacheMax: max })
+    // A model of the policy: oldest first; a session moves to the end when it was last moved at
+    // least max / 2 admissions ago.
+    const order: Array<{ token: number, movedAt: number }> = []
+    const lastUse = new Map<number, number>()
+    let admissions = 0
+    for (const i of uses) {
+      const known = order.findIndex((entry) => entry.token === i)
+      if (known !== -1 && admissions - order[known].movedAt >= Math.floor(max / 2)) {
+        const [entry] = order.splice(known, 1)
+        entry.movedAt = admissions
+        order.push(entry)
+      }
+      if (known === -1 && max > 0) {
+        if (order.length >= max) order.shift()
+        order.push({ token: i, movedAt: ++admissions })
+      }
+      if (sessions.cached(tokens[i]) === undefined) return false
+      lastUse.set(i, admissions)
+      if (sessions.cacheSize !== order.length) return false
+      for (const [token, usedAt] of lastUse) {
+        const cached = sessions.isCached(tokens[token])
+        if (cached !== order.some((entry) => entry.token === token)) return false
+        if (admissions - usedAt < Math.ceil(max / 2) && !cached) return false
+      }
+    }
+    return true
+  }), { numRuns: 500 })
+  t.pass()
+})
+
 t.test('a revocation store that fails asynchronously: the slow path reports it, nothing is left unhandled', async (t) => {
   const unhandled: unknown[] = []
   const record = (reason: unknown): void => { unhandled.push(reason) }
