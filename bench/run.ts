@@ -218,7 +218,8 @@ if (PARTS.has('sessions')) {
   ]
   const before = await stats(plugin)
   // Every session presented once: the cache holds what it can of them, as after a busy morning.
-  await load(`${plugin.url}/protected`, {}, uniform(MANY_SESSIONS)())
+  const next = uniform(MANY_SESSIONS)()
+  await autocannon({ url: `${plugin.url}/protected`, connections: CONNECTIONS, amount: MANY_SESSIONS, requests: [{ setupRequest: (request: Request) => ({ ...request, headers: { ...request.headers, cookie: next() } }) }] })
   const filled = await stats(plugin)
   const heapPerCachedSession = (filled.memory.heapUsed - before.memory.heapUsed) / (filled.sessionCache - before.sessionCache)
   const scenarios: Record<string, () => Promise<{ rps: number, cpuUs: number }>> = {}
