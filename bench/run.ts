@@ -192,7 +192,7 @@ if (PARTS.has('verify')) {
   // A session token not in the cache: what its verification costs, by each way of doing it.
   const verify = await post<Record<string, number>>(plugin, '/verify-bench', { count: 20000, rounds: ROUNDS })
   summary.verifyUsPerToken = verify
-  output.push('| verifying a session token not in the cache (in process, 20,000 distinct tokens) | µs per token (median of ' + ROUNDS + ') |\n|---|---|',
+  output.push('| verifying a session token not in the cache (in process, 20,000 distinct tokens) | CPU µs per token (median of ' + ROUNDS + ') |\n|---|---|',
     ...Object.entries(verify).map(([name, us]) => `| ${name} | ${f(us, 2)} |`), '')
 }
 
