@@ -1,7 +1,8 @@
 /**
  * The ClearML-compatible session token (SPEC section 5 step 10) and its verification on every
- * authenticated request. Verified tokens are cached with the identity already built, least recently
- * used evicted first, so a hit costs one map look-up, an expiry comparison and the revocation check.
+ * authenticated request. Verified tokens are cached with the identity already built (least recently
+ * used evicted first; see `SessionCache`), so a hit costs one map look-up, an expiry comparison and
+ * the revocation check.
  * A token not in the cache is verified synchronously (`session-token.ts`), so the cost of a request
  * hardly depends on how many sessions are active (docs/performance.md, "Many sessions").
  */
@@ -164,10 +165,7 @@ export class SessionTokens {
       identity: Object.freeze({ company, user, user_name: userName, role, company_name: companyName, session_id: claims.session_id, exp: claims.exp, credential: 'session' }),
       keycloakSessionKey: typeof claims.sso?.sid === 'string' ? keycloakSessionKey(claims.sso.sid) : undefined
     }
-    // A copy as the key: the token is usually a slice of the request's Cookie header, which the cache
-    // would otherwise keep whole (other cookies included) for as long as it keeps the session. A
-    // verified token is ASCII, so the latin1 round trip is exact.
-    this.#cache.add(Buffer.from(token, 'latin1').toString('latin1'), session)
+    this.#cache.add(token, session)
     return session
   }
 
@@ -207,31 +205,45 @@ interface CacheNode {
   older: CacheNode | undefined
 }
 
+/** When the cache is full, the share of sessions not in it that are admitted (see `SessionCache`). */
+export const ADMISSION_WHEN_FULL = 1 / 16
+
 /**
  * Verified sessions by token (the whole token: a key made of part of it would let a forged payload
- * borrow a genuine signature), least recently used evicted first: a map to find a session, a list
- * in order of use to find the one to evict. (Evicting the first key of a `Map` instead, as this
- * cache once did, makes V8 walk over the slots of every key deleted before it since the table was
- * last rebuilt: microseconds per admission with 10,000 sessions, tens with 100,000.)
+ * borrow a genuine signature): a map to find a session, a list in order of use to find the one to
+ * evict, the least recently used. (Evicting the first key of a `Map` instead, as this cache once
+ * did, makes V8 walk over the slots of every key deleted before it since the table was last
+ * rebuilt: microseconds per admission with 10,000 sessions, tens with 100,000.)
+ *
+ * Better than LRU when there are more active sessions than room: once full, a session not in the
+ * cache is admitted (evicting the least recently used) only one time in 16, at random, and is
+ * otherwise verified and served without being kept. Under round-robin traffic (agents polling, each
+ * request from the next session) strict LRU evicts every session just before its next request and
+ * hits never; this keeps a stable share of them, close to the best possible hit rate of room /
+ * sessions, and a hot session still gets in after 16 requests on average (bimodal insertion,
+ * Qureshi et al., "Adaptive insertion policies for high performance caching", ISCA 2007).
  *
  * A session is moved to the newest end at most once per half cache of admissions: one used since
  * its last move is still more than `max / 2` admissions away from eviction (nothing is evicted
  * before `max` admissions after it was moved), so a hit on a session in steady use costs one
  * look-up and no writes (memcached bumps an item at most once a minute for the same reason). Every
- * session used within the last `max / 2` admissions is kept, where strict LRU keeps those of the
- * last `max`.
+ * cached session used fewer than `max / 2` admissions ago stays, where strict LRU keeps those of
+ * the last `max`.
  */
-class SessionCache {
+export class SessionCache {
   readonly #nodes = new Map<string, CacheNode>()
   readonly #max: number
   readonly #moveAfter: number
+  readonly #random: () => number
   #admissions = 0
   #newest: CacheNode | undefined
   #oldest: CacheNode | undefined
 
-  constructor (max: number) {
+  /** `random` is for tests: a seeded source makes the admissions of a full cache reproducible. */
+  constructor (max: number, random: () => number = Math.random) {
     this.#max = max
     this.#moveAfter = Math.floor(max / 2)
+    this.#random = random
   }
 
   get size (): number {
@@ -253,11 +265,19 @@ class SessionCache {
     return this.#nodes.has(token)
   }
 
+  /** Caches the session of a verified token, unless the cache is full and the draw says no. */
   add (token: string, session: VerifiedSession): void {
     if (this.#max === 0) return
-    if (this.#nodes.size >= this.#max) this.#remove(this.#oldest!)
-    const node: CacheNode = { token, session, movedAt: ++this.#admissions, newer: undefined, older: undefined }
-    this.#nodes.set(token, node)
+    if (this.#nodes.size >= this.#max) {
+      if (this.#random() >= ADMISSION_WHEN_FULL) return
+      this.#remove(this.#oldest!)
+    }
+    // A copy as the key: the token is usually a slice of the request's Cookie header, which the cache
+    // would otherwise keep whole (other cookies included) for as long as it keeps the session. A
+    // verified token is ASCII, so the latin1 round trip is exact.
+    const key = Buffer.from(token, 'latin1').toString('latin1')
+    const node: CacheNode = { token: key, session, movedAt: ++this.#admissions, newer: undefined, older: undefined }
+    this.#nodes.set(key, node)
     this.#pushNewest(node)
   }
 
