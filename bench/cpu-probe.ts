@@ -1,28 +1,62 @@
 /**
  * CPU time the apiserver spends per request, per route: a steadier figure than req/s on a machine
  * where the load generator shares the cores. `npx tsx bench/cpu-probe.ts`
+ *
+ * Also with many sessions (issue #15): `PROBE_SESSIONS` (100000) distinct session cookies, each
+ * request with the next one, on an apiserver whose cache holds them all after a first pass, and on
+ * one that caches none (`sessionCacheMax: 0`), where every request pays the synchronous verification.
  */
-import { spawn } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import autocannon from 'autocannon'
+import { loadavg } from 'node:os'
+import autocannon, { type Request } from 'autocannon'
 import { startFastProvider } from './fast-provider.js'
 
-const provider = await startFastProvider()
-const child = spawn(process.execPath, ['--import', 'tsx', new URL('./servers/plugin-app.ts', import.meta.url).pathname, provider.issuer], { stdio: ['ignore', 'pipe', 'inherit'] })
-const info = JSON.parse(await new Promise<string>((resolve) => createInterface({ input: child.stdout! }).once('line', resolve)))
-const url = `http://127.0.0.1:${info.port as number}`
-const cookie = `clearml_token_basic=${info.sessionToken as string}`
-const cpu = async (): Promise<number> => { const s = await (await fetch(`${url}/stats`)).json() as { cpu: { user: number, system: number } }; return s.cpu.user + s.cpu.system }
-const cases: Array<[string, string, Record<string, string>]> = [['bare', '/bare', {}], ['bare + cookie header', '/bare', { cookie }], ['no-op preHandler + cookie', '/noop-hook', { cookie }], ['authenticate (cookie)', '/protected', { cookie }], ['authenticate (Bearer)', '/protected', { authorization: `Bearer ${info.sessionToken as string}` }]]
 const amount = Number(process.env.PROBE_REQUESTS ?? 100000)
+const sessionCount = Number(process.env.PROBE_SESSIONS ?? 100000)
+
+interface App { process: ChildProcess, url: string, sessionToken: string }
+const provider = await startFastProvider()
+async function start (args: string[]): Promise<App> {
+  const child = spawn(process.execPath, ['--import', 'tsx', '--expose-gc', new URL('./servers/plugin-app.ts', import.meta.url).pathname, provider.issuer, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const info = JSON.parse(await new Promise<string>((resolve) => createInterface({ input: child.stdout! }).once('line', resolve)))
+  return { process: child, url: `http://127.0.0.1:${info.port as number}`, sessionToken: info.sessionToken }
+}
+const app = await start([])
+const uncached = await start(['0'])
+// /cpu rather than /stats, which collects garbage first: a full collection with 100,000 cached
+// sessions would be counted in the measurement.
+const cpu = async (server: App): Promise<number> => { const { user, system } = await (await fetch(`${server.url}/cpu`)).json() as { user: number, system: number }; return user + system }
+const tokens = await (await fetch(`${app.url}/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ count: sessionCount }) })).json() as string[]
+/** Each request of a run with the next session cookie. */
+const cycling = (): Request[] => { let next = 0; return [{ setupRequest: (request: Request) => ({ ...request, headers: { ...request.headers, cookie: `clearml_token_basic=${tokens[next++ % tokens.length]}` } }) }] }
+
+const cookie = `clearml_token_basic=${app.sessionToken}`
+const many = sessionCount.toLocaleString('en-US')
+const cases: Array<{ name: string, server: App, path: string, headers?: Record<string, string>, requests?: () => Request[] }> = [
+  { name: 'bare', server: app, path: '/bare' },
+  { name: 'bare + cookie header', server: app, path: '/bare', headers: { cookie } },
+  { name: 'no-op preHandler + cookie', server: app, path: '/noop-hook', headers: { cookie } },
+  { name: 'authenticate (cookie)', server: app, path: '/protected', headers: { cookie } },
+  { name: 'authenticate (Bearer)', server: app, path: '/protected', headers: { authorization: `Bearer ${app.sessionToken}` } },
+  { name: `bare, ${many} cookies`, server: app, path: '/bare', requests: cycling },
+  { name: `authenticate, ${many} sessions, cached`, server: app, path: '/protected', requests: cycling },
+  { name: `bare, ${many} cookies, no cache`, server: uncached, path: '/bare', requests: cycling },
+  { name: `authenticate, ${many} sessions, no cache`, server: uncached, path: '/protected', requests: cycling }
+]
+// A first pass puts every session in the cache, as a busy morning would.
+await autocannon({ url: `${app.url}/protected`, connections: 50, amount: sessionCount, requests: cycling() })
 const results = new Map<string, number[]>()
 for (let round = 0; round < 3; round++) {
-  for (const [name, path, headers] of cases) {
-    const before = await cpu()
-    await autocannon({ url: url + path, connections: 50, amount, headers })
-    results.set(name, [...(results.get(name) ?? []), (await cpu() - before) / amount])
+  for (const { name, server, path, headers, requests } of cases) {
+    const before = await cpu(server)
+    const result = await autocannon({ url: server.url + path, connections: 50, amount, headers, requests: requests?.() })
+    if (result.non2xx > 0) throw new Error(`${name}: ${result.non2xx} non-2xx answers`)
+    results.set(name, [...(results.get(name) ?? []), (await cpu(server) - before) / amount])
   }
 }
-for (const [name, values] of results) console.log(name.padEnd(24), values.sort((a, b) => a - b)[1].toFixed(2), 'µs CPU per request (median of 3)')
-child.kill()
+for (const [name, values] of results) console.log(name.padEnd(44), values.sort((a, b) => a - b)[1].toFixed(2), 'µs CPU per request (median of 3)')
+console.log('load average (1, 5, 15 min) at the end:', loadavg().map((n) => n.toFixed(2)).join(', '))
+app.process.kill()
+uncached.process.kill()
 await provider.close()
