@@ -223,12 +223,11 @@ export const ADMISSION_WHEN_FULL = 1 / 16
  * sessions, and a hot session still gets in after 16 requests on average (bimodal insertion,
  * Qureshi et al., "Adaptive insertion policies for high performance caching", ISCA 2007).
  *
- * A session is moved to the newest end at most once per half cache of admissions: one used since
- * its last move is still more than `max / 2` admissions away from eviction (nothing is evicted
- * before `max` admissions after it was moved), so a hit on a session in steady use costs one
- * look-up and no writes (memcached bumps an item at most once a minute for the same reason). Every
- * cached session used fewer than `max / 2` admissions ago stays, where strict LRU keeps those of
- * the last `max`.
+ * A session is moved to the newest end at most once per half cache of admissions, so a hit on a
+ * session in steady use costs one look-up and no writes (memcached bumps an item at most once a
+ * minute for the same reason). The price: a session stays until `max` other sessions have been
+ * admitted or moved since it was itself admitted or last moved, where strict LRU counts from its
+ * last use.
  */
 export class SessionCache {
   readonly #nodes = new Map<string, CacheNode>()

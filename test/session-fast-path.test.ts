@@ -337,7 +337,12 @@ t.test('property: SessionCache against a model of its policy', async (t) => {
       // Oldest first; a session moves to the end when it was last moved at least max / 2
       // admissions ago; when full, a newcomer gets in on a draw below ADMISSION_WHEN_FULL.
       const order: Array<{ token: string, movedAt: number }> = []
-      const lastCachedUse = new Map<string, number>()
+      // For each cached session, the other sessions admitted or moved since it was placed.
+      const placedSince = new Map<string, Set<string>>()
+      const place = (token: string): void => {
+        for (const [other, since] of placedSince) if (other !== token) since.add(token)
+        placedSince.set(token, new Set())
+      }
       let admissions = 0
       for (const i of uses) {
         const token = `t${i}`
@@ -346,17 +351,22 @@ t.test('property: SessionCache against a model of its policy', async (t) => {
           const [entry] = order.splice(known, 1)
           entry.movedAt = admissions
           order.push(entry)
+          place(token)
         } else if (known === -1 && max > 0 && (order.length < max || draw() < ADMISSION_WHEN_FULL)) {
           if (order.length >= max) order.shift()
           order.push({ token, movedAt: ++admissions })
+          place(token)
         }
         if (cache.get(token) === undefined) cache.add(token, session)
-        if (cache.has(token)) lastCachedUse.set(token, admissions)
         if (cache.size !== order.length || cache.size > max) return false
         for (let j = 0; j < 12; j++) if (cache.has(`t${j}`) !== order.some((entry) => entry.token === `t${j}`)) return false
-        // What the policy promises whatever the draws: a cached session used fewer than max / 2
-        // admissions ago is still cached.
-        for (const [used, at] of lastCachedUse) if (admissions - at < Math.ceil(max / 2) && !cache.has(used)) return false
+        // What the policy promises whatever the draws: a session leaves only once `max` other
+        // sessions have been admitted or moved since it was itself admitted or moved.
+        for (const [placed, since] of placedSince) {
+          if (cache.has(placed)) continue
+          if (since.size < max) return false
+          placedSince.delete(placed)
+        }
       }
       return true
     }), { numRuns: 1000 })
