@@ -32,6 +32,9 @@ const tokens = await (await fetch(`${app.url}/sessions`, { method: 'POST', heade
 const cycling = (): Request[] => { let next = 0; return [{ setupRequest: (request: Request) => ({ ...request, headers: { ...request.headers, cookie: `clearml_token_basic=${tokens[next++ % tokens.length]}` } }) }] }
 
 const cookie = `clearml_token_basic=${app.sessionToken}`
+// An API client's Keycloak access token, as bench/run.ts signs it (plugin-app knows its subject).
+const now = Math.floor(Date.now() / 1000)
+const keycloakBearer = `Bearer ${await provider.sign({ iss: provider.issuer, sub: 'bench-api-client', sid: 'bench-keycloak-session', aud: 'account', azp: 'clearml', typ: 'Bearer', iat: now, exp: now + 7200 })}`
 const many = sessionCount.toLocaleString('en-US')
 const cases: Array<{ name: string, server: App, path: string, headers?: Record<string, string>, requests?: () => Request[] }> = [
   { name: 'bare', server: app, path: '/bare' },
@@ -39,6 +42,8 @@ const cases: Array<{ name: string, server: App, path: string, headers?: Record<s
   { name: 'no-op preHandler + cookie', server: app, path: '/noop-hook', headers: { cookie } },
   { name: 'authenticate (cookie)', server: app, path: '/protected', headers: { cookie } },
   { name: 'authenticate (Bearer)', server: app, path: '/protected', headers: { authorization: `Bearer ${app.sessionToken}` } },
+  { name: 'bare + Keycloak Authorization header', server: app, path: '/bare', headers: { authorization: keycloakBearer } },
+  { name: 'authenticate (Keycloak access token)', server: app, path: '/protected', headers: { authorization: keycloakBearer } },
   { name: `bare, ${many} cookies`, server: app, path: '/bare', requests: cycling },
   { name: `authenticate, ${many} sessions, cached`, server: app, path: '/protected', requests: cycling },
   { name: `bare, ${many} cookies, no cache`, server: uncached, path: '/bare', requests: cycling },

@@ -148,7 +148,7 @@ const provider = await startFastProvider()
 const plugin = await startServer('./servers/plugin-app.ts', [provider.issuer], ['--expose-gc'])
 const adapter = await startServer('./servers/adapter-app.ts', [provider.issuer])
 const now = Math.floor(Date.now() / 1000)
-const accessToken = await provider.sign({ iss: provider.issuer, sub: randomUUID(), aud: 'account', azp: 'clearml', typ: 'Bearer', iat: now, exp: now + 7200, preferred_username: 'bench', name: 'Bench User' })
+const accessToken = await provider.sign({ iss: provider.issuer, sub: 'bench-api-client', sid: 'bench-keycloak-session', aud: 'account', azp: 'clearml', typ: 'Bearer', iat: now, exp: now + 7200, preferred_username: 'bench', name: 'Bench User' })
 const sessionCookie = { cookie: `clearml_token_basic=${plugin.info.sessionToken as string}` }
 const summary: Record<string, unknown> = {
   machine: { cpus: cpus().length, node: process.version, loadAverageAtStart: loadavg() },
@@ -164,6 +164,9 @@ if (PARTS.has('routes')) {
     'plugin: bare route, same cookie header': async () => await load(`${plugin.url}/bare`, sessionCookie),
     'plugin: authenticate, session cookie': async () => await load(`${plugin.url}/protected`, sessionCookie),
     'plugin: authenticate, session as Bearer': async () => await load(`${plugin.url}/protected`, { authorization: `Bearer ${plugin.info.sessionToken as string}` }),
+    // The same Keycloak access token fastify-keycloak-adapter verifies below (bearer: { keycloak: true }).
+    'plugin: bare route, same Authorization header': async () => await load(`${plugin.url}/bare`, { authorization: `Bearer ${accessToken}` }),
+    'plugin: authenticate, Keycloak access token as Bearer': async () => await load(`${plugin.url}/protected`, { authorization: `Bearer ${accessToken}` }),
     'fastify-keycloak-adapter: bare route': async () => await load(`${adapter.url}/bare`),
     'fastify-keycloak-adapter: access token as Bearer': async () => await load(`${adapter.url}/protected`, { authorization: `Bearer ${accessToken}` })
   }
@@ -173,6 +176,9 @@ if (PARTS.has('routes')) {
     pluginCookieVsBare: ratio('plugin: authenticate, session cookie', 'plugin: bare route'),
     pluginCookieVsBareSameHeader: ratio('plugin: authenticate, session cookie', 'plugin: bare route, same cookie header'),
     pluginBearerVsBare: ratio('plugin: authenticate, session as Bearer', 'plugin: bare route'),
+    pluginKeycloakBearerVsBare: ratio('plugin: authenticate, Keycloak access token as Bearer', 'plugin: bare route'),
+    pluginKeycloakBearerVsBareSameHeader: ratio('plugin: authenticate, Keycloak access token as Bearer', 'plugin: bare route, same Authorization header'),
+    pluginKeycloakBearerVsAdapter: ratio('plugin: authenticate, Keycloak access token as Bearer', 'fastify-keycloak-adapter: access token as Bearer'),
     adapterVsBare: ratio('fastify-keycloak-adapter: access token as Bearer', 'fastify-keycloak-adapter: bare route'),
     pluginVsAdapter: ratio('plugin: authenticate, session cookie', 'fastify-keycloak-adapter: access token as Bearer')
   }
@@ -185,6 +191,9 @@ if (PARTS.has('routes')) {
 | plugin authenticate (session as Bearer) / bare | ${f(ratios.pluginBearerVsBare, 2)}× | ≥ 0.90× |
 | fastify-keycloak-adapter protected / its bare | ${f(ratios.adapterVsBare, 2)}× | |
 | plugin protected / fastify-keycloak-adapter protected | ${f(ratios.pluginVsAdapter, 2)}× | ≥ 3× |
+| plugin authenticate (Keycloak access token) / bare | ${f(ratios.pluginKeycloakBearerVsBare, 2)}× | ≥ 0.90× |
+| plugin authenticate (Keycloak access token) / bare with the same Authorization header | ${f(ratios.pluginKeycloakBearerVsBareSameHeader, 2)}× | ≥ 0.90× |
+| plugin authenticate (Keycloak access token) / fastify-keycloak-adapter, same token | ${f(ratios.pluginKeycloakBearerVsAdapter, 2)}× | ≥ 5× |
 `)
 }
 

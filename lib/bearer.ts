@@ -7,9 +7,11 @@
  * the resulting identity cached until the token expires. A repeated token then costs one map look-up,
  * an expiry comparison and the revocation check of its Keycloak session, synchronously: the same as a
  * cached ClearML session. Concurrent first requests with one token share one verification, so a new
- * token never runs the login rules twice.
+ * token never runs the login rules twice at once. Past `cacheMax` tokens, a token not cached is
+ * kept one time in 16 and otherwise verified again on its next request (`CredentialCache`).
  */
 import type { JWTPayload } from 'jose'
+import { CredentialCache, undecided } from './credential-cache.js'
 import type { Company, DirectoryUser } from './directory.js'
 import { SsoError } from './errors.js'
 import type { RevocationStore } from './revocations.js'
@@ -46,13 +48,12 @@ interface VerifiedBearer {
 
 export class KeycloakBearerTokens {
   readonly #deps: KeycloakBearerDeps
-  readonly #cache = new Map<string, VerifiedBearer>()
+  readonly #cache: CredentialCache<VerifiedBearer>
   readonly #pending = new Map<string, Promise<VerifiedBearer>>()
-  readonly #cacheMax: number
 
   constructor (deps: KeycloakBearerDeps) {
     this.#deps = deps
-    this.#cacheMax = deps.cacheMax ?? 10_000
+    this.#cache = new CredentialCache<VerifiedBearer>(deps.cacheMax ?? 10_000)
   }
 
   /**
@@ -69,7 +70,7 @@ export class KeycloakBearerTokens {
     if (verified.keycloakSessionKey === undefined) return verified.identity
     const ended = this.#deps.revocations.isRevoked(verified.keycloakSessionKey, verified.iat)
     if (ended === false) return verified.identity
-    return ended === true ? null : undefined
+    return ended === true ? null : undecided(ended)
   }
 
   /**
@@ -114,8 +115,7 @@ export class KeycloakBearerTokens {
       iat: claims.iat!,
       keycloakSessionKey: sid === undefined ? undefined : keycloakSessionKey(sid)
     }
-    if (this.#cache.size >= this.#cacheMax) this.#cache.delete(this.#cache.keys().next().value!)
-    this.#cache.set(token, verified)
+    this.#cache.add(token, verified)
     return verified
   }
 }

@@ -112,11 +112,13 @@ export class SessionTokenVerifier {
     const headerEnd = token.indexOf('.')
     const payloadEnd = headerEnd === -1 ? -1 : token.indexOf('.', headerEnd + 1)
     if (payloadEnd === -1 || token.includes('.', payloadEnd + 1) || this.#key === undefined) return null
-    const issuedHeader = headerEnd === ISSUED_HEADER.length && token.startsWith(ISSUED_HEADER)
-    if (!issuedHeader && !acceptableHeader(token.slice(0, headerEnd))) return null
-    // The signature first: nothing else in a token without our secret's signature is worth reading.
+    // The signature's length first: a token signed any other way (a Keycloak access token presented
+    // as Bearer carries a 256-byte RS256 signature) is refused before any JSON is parsed.
     const signature = decodeSegment(token.slice(payloadEnd + 1))
     if (signature === undefined || signature.length !== 32) return null
+    const issuedHeader = headerEnd === ISSUED_HEADER.length && token.startsWith(ISSUED_HEADER)
+    if (!issuedHeader && !acceptableHeader(token.slice(0, headerEnd))) return null
+    // Then the signature itself: nothing in a token without our secret's signature is worth reading.
     const expected = createHmac('sha256', this.#key).update(token.slice(0, payloadEnd), 'latin1').digest()
     if (!timingSafeEqual(signature, expected)) return null
     return sessionClaims(parseJson(decodeSegment(token.slice(headerEnd + 1, payloadEnd))), now)

@@ -82,11 +82,15 @@ export function authenticator (options: { sso: KeycloakSso, bearer?: KeycloakBea
     let identity: Readonly<ClearmlIdentity> | null | undefined = null
     let kind: CredentialKind = 'session'
     if (token !== undefined) {
-      const session = sso.sessions.cached(token)
-      identity = session === undefined || session === null ? session : session.identity
-      if (identity === undefined && fromHeader && bearer !== undefined) {
-        identity = bearer.cached(token)
+      // A Keycloak token already verified is found first: one look-up, where the session check would
+      // decode its signature to refuse it. Neither cache ever holds the other kind's tokens.
+      const keycloak = fromHeader && bearer !== undefined ? bearer.cached(token) : undefined
+      if (keycloak !== undefined) {
+        identity = keycloak
         kind = 'keycloak'
+      } else {
+        const session = sso.sessions.cached(token)
+        identity = session === undefined || session === null ? session : session.identity
       }
     }
     let pending: Promise<void>

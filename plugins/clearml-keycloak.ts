@@ -40,7 +40,7 @@ export interface ClearmlKeycloakOptions {
   issueToken?: IssueToken
   /** Where logouts are remembered; default in memory. Share one across apiserver instances. */
   revocations?: RevocationStore
-  /** How many verified session tokens are kept for fast `authenticate`; default 10,000. */
+  /** How many verified session tokens are kept for fast `authenticate`; default 100,000 (about 0.1 GB at most; docs/performance.md). */
   sessionCacheMax?: number
   /** Keycloak access tokens as `Authorization: Bearer` credentials for API clients (SPEC section 10). */
   bearer?: BearerOptions

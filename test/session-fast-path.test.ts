@@ -13,7 +13,8 @@ import { isDeepStrictEqual } from 'node:util'
 import Fastify from 'fastify'
 import { base64url, jwtVerify } from 'jose'
 import { decodeSegment, isSessionClaims, SessionTokenVerifier } from '../lib/session-token.js'
-import { ADMISSION_WHEN_FULL, DEFAULT_SESSION_CACHE_MAX, keycloakSessionKey, SessionCache, SessionTokens, type VerifiedSession } from '../lib/session.js'
+import { ADMISSION_WHEN_FULL, CredentialCache } from '../lib/credential-cache.js'
+import { DEFAULT_SESSION_CACHE_MAX, keycloakSessionKey, SessionTokens, type VerifiedSession } from '../lib/session.js'
 import { MemoryRevocationStore } from '../lib/revocations.js'
 import clearmlKeycloak, { MemoryDirectory } from '../index.js'
 import { KC, KC_SECURE, startStack, TOKEN_SECRET } from './helpers/stack.js'
@@ -305,20 +306,20 @@ const draws = (values: number[]): () => number => {
   return () => values.length === 0 ? 0 : values[next++ % values.length]
 }
 
-t.test('SessionCache: least recently used evicted first; when full, admitted on a winning draw', async (t) => {
+t.test('CredentialCache: least recently used evicted first; when full, admitted on a winning draw', async (t) => {
   const session = { claims: CLAIMS, identity: Object.freeze({ ...CLAIMS.identity, session_id: 's-1', exp: CLAIMS.exp, credential: 'session' as const }) } as VerifiedSession
   const always = (): number => 0
-  const one = new SessionCache(1, always)
+  const one = new CredentialCache(1, always)
   one.add('a', session)
   one.add('b', session)
   t.same([one.has('a'), one.has('b'), one.size], [false, true, 1], 'a cache of one keeps the newest')
-  const two = new SessionCache(2, always)
+  const two = new CredentialCache(2, always)
   for (const token of ['a', 'b', 'a', 'c']) if (two.get(token) === undefined) two.add(token, session)
   t.same([two.has('a'), two.has('b'), two.has('c')], [true, false, true], 'the entry used last is kept')
-  const losing = new SessionCache(2, () => 1 - Number.EPSILON)
+  const losing = new CredentialCache(2, () => 1 - Number.EPSILON)
   for (const token of ['a', 'b', 'c']) losing.add(token, session)
   t.same([losing.has('a'), losing.has('b'), losing.has('c')], [true, true, false], 'full, and the draw says no: nothing evicted, the newcomer served uncached')
-  const atTheEdge = new SessionCache(1, () => ADMISSION_WHEN_FULL)
+  const atTheEdge = new CredentialCache(1, () => ADMISSION_WHEN_FULL)
   atTheEdge.add('a', session)
   atTheEdge.add('b', session)
   t.ok(atTheEdge.has('a'), `admitted when the draw is below ${ADMISSION_WHEN_FULL}`)
@@ -327,12 +328,12 @@ t.test('SessionCache: least recently used evicted first; when full, admitted on 
   t.same([two.has('a'), two.size], [false, 1])
 })
 
-t.test('property: SessionCache against a model of its policy', async (t) => {
+t.test('property: CredentialCache against a model of its policy', async (t) => {
   const session = {} as VerifiedSession
   fc.assert(fc.property(
     fc.nat(8), fc.array(fc.nat(11), { maxLength: 80 }), fc.array(fc.oneof(fc.constant(0), fc.constant(0.5), fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }))),
     (max, uses, values) => {
-      const cache = new SessionCache(max, draws(values))
+      const cache = new CredentialCache(max, draws(values))
       const draw = draws(values)
       // Oldest first; a session moves to the end when it was last moved at least max / 2
       // admissions ago; when full, a newcomer gets in on a draw below ADMISSION_WHEN_FULL.

@@ -15,15 +15,18 @@ import { isSessionClaims, SessionTokenVerifier } from '../../lib/session-token.j
 const issuer = process.argv[2]
 const sessionCacheMax = process.argv[3] === undefined ? undefined : Number(process.argv[3])
 const tokenSecret = 'bench-token-secret'
+/** The Keycloak subject of the runner's access token (bench/run.ts). */
+const BENCH_API_CLIENT = 'bench-api-client'
 /**
  * A directory that keeps nothing: every login is a new user in one company. Memory figures then
- * show what the plugin keeps, not what an in-memory database holds.
+ * show what the plugin keeps, not what an in-memory database holds. One user exists: the API client
+ * whose Keycloak access token the runner presents as a Bearer credential.
  */
 let created = 0
 const company = { id: 'acme', name: 'Acme' }
 const directory: UserDirectory = {
   getCompany: async () => company,
-  findUserByIdentity: async () => null,
+  findUserByIdentity: async (_provider, subject) => subject === BENCH_API_CLIENT ? { id: 'u-api', company: 'acme', name: 'Bench API client', role: 'user' } : null,
   findUserByEmail: async () => null,
   findWhitelistEntry: async () => ({ company: 'acme' }),
   createUser: async (user) => ({ ...user, id: `u${++created}` }),
@@ -43,7 +46,8 @@ await app.register(clearmlKeycloak, {
     CLEARML__secure__login__sso__oauth_client__keycloak__client_secret: 'bench-secret',
     CLEARML__secure__auth__token_secret: tokenSecret
   },
-  sessionCacheMax
+  sessionCacheMax,
+  bearer: { keycloak: true }
 })
 app.get('/bare', async () => ({ ok: true }))
 app.get('/protected', { preHandler: app.keycloak.authenticate }, async () => ({ ok: true }))
