@@ -16,7 +16,11 @@ export const MODULES = {
   redirects: { mutate: 'lib/redirects.ts', command: node('test/units.test.ts', 'return path|post-logout') },
   revocations: { mutate: 'lib/revocations.ts', command: node('test/units.test.ts', 'revocation store') },
   'clearml-env': { mutate: 'lib/clearml-env.ts', command: node('test/config.test.ts') },
-  config: { mutate: 'lib/config.ts', command: node('test/config.test.ts') }
+  config: { mutate: 'lib/config.ts', command: node('test/config.test.ts') },
+  // The session fast path (#15): the verifier against jose, the cache against a model of its policy.
+  'session-token': { mutate: 'lib/session-token.ts', command: node('test/session-fast-path.test.ts', 'named cases|empty secret|property: on generated|property: any one|property: segments') },
+  'credential-cache': { mutate: 'lib/credential-cache.ts', command: node('test/session-fast-path.test.ts', 'CredentialCache|session cache|asynchronously') },
+  session: { mutate: 'lib/session.ts', command: `${node('test/session-fast-path.test.ts', 'session cache|asynchronously|sessionCacheMax')} && ${node('test/units.test.ts', 'session')}` }
 }
 
 const name = process.env.MUTATE_MODULE ?? 'policy'

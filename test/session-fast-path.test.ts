@@ -439,6 +439,28 @@ t.test('through a real server: more sessions than the cache holds, refusals, rev
   t.equal((await me(accessToken)).status, 401)
 })
 
+t.test('a revocation store of the host that answers asynchronously: sessions accepted on the slow path, refused once revoked', async (t) => {
+  // A store backed by a database answers with promises; authenticate then waits for it.
+  const memory = new MemoryRevocationStore()
+  const asked: string[] = []
+  const revocations = {
+    revoke: async (id: string, until: number) => { await memory.revoke(id, until) },
+    isRevoked: async (id: string, issuedAt?: number) => { asked.push(id); return await memory.isRevoked(id, issuedAt) }
+  }
+  const stack = await startStack({ protectedRoute: true, plugin: { revocations } })
+  t.teardown(stack.close)
+  const { token, expiresAt } = await stack.app.keycloak.sso.sessions.issue({ id: 'u-1', company: 'c-acme', name: 'Alice', role: 'user' }, { id: 'c-acme', name: 'Acme' }, 's-async', 'kc-async')
+  const me = async (headers: Record<string, string>): Promise<{ status: number, body: Record<string, unknown> }> => {
+    const answer = await fetch(`${stack.appUrl}/me`, { headers })
+    return { status: answer.status, body: await answer.json() as Record<string, unknown> }
+  }
+  t.match(await me({ cookie: `clearml_token_basic=${token}` }), { status: 200, body: { user: 'u-1', session_id: 's-async', credential: 'session' } }, 'the session cookie is accepted')
+  t.match(await me({ authorization: `Bearer ${token}` }), { status: 200, body: { user: 'u-1', credential: 'session' } }, 'so is the token as Bearer')
+  t.ok(asked.includes('s-async') && asked.includes(keycloakSessionKey('kc-async')), 'after asking the store about the session and its Keycloak session')
+  await revocations.revoke(keycloakSessionKey('kc-async'), expiresAt)
+  t.match(await me({ cookie: `clearml_token_basic=${token}` }), { status: 401, body: { meta: { result_msg: 'invalid_token' } } }, 'refused once its Keycloak session ended')
+})
+
 t.test('a bad sessionCacheMax fails at register time with a clear message', async (t) => {
   const app = Fastify()
   t.teardown(async () => { await app.close() })
