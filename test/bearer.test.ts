@@ -10,6 +10,7 @@ import { KC, seedAcme, startStack, type Stack } from './helpers/stack.js'
 import { obtainTokens } from './helpers/tokens.js'
 import { harness, login, type Harness } from './helpers/hostile-harness.js'
 import { newKey } from './helpers/hostile-idp.js'
+import { KeycloakBearerTokens } from '../lib/bearer.js'
 
 const bearerStack = async (t: Test, bearer: Record<string, unknown> = {}, env: Record<string, string> = {}): Promise<Stack> => {
   const stack = await startStack({ protectedRoute: true, env, plugin: { bearer: { keycloak: true, ...bearer } } })
@@ -232,4 +233,21 @@ t.test('the directory behind a bearer token: failing is directory_error (503), a
   const orphaned = await me(orphan, bearer((await obtainTokens(orphan, 'bob')).access_token))
   t.equal(orphaned.status, 403)
   t.match(orphaned.body, { data: { error: 'unknown_company' } })
+})
+
+t.test('a revocation store that fails asynchronously: the request waits for it and fails, nothing is left unhandled', async (t) => {
+  const unhandled: unknown[] = []
+  const record = (reason: unknown): void => { unhandled.push(reason) }
+  process.on('unhandledRejection', record)
+  t.teardown(() => { process.off('unhandledRejection', record) })
+  const failing = { revoke: async () => {}, isRevoked: async () => { throw new Error('store unreachable') } }
+  const tokens = new KeycloakBearerTokens({
+    verify: async () => ({ sub: 'kc-1', sid: 'kc-session-1', iat: 1, exp: Math.floor(Date.now() / 1000) + 60 }),
+    userOf: async () => ({ user: { id: 'u-1', company: 'c-acme', name: 'Alice', role: 'user' }, company: { id: 'c-acme', name: 'Acme' } }),
+    revocations: failing
+  })
+  await t.rejects(tokens.verify('token'), /store unreachable/, 'the slow path fails as the store does')
+  t.equal(tokens.cached('token'), undefined, 'the synchronous path leaves it to the slow path')
+  await new Promise((resolve) => setTimeout(resolve, 10))
+  t.strictSame(unhandled, [], 'no unhandled rejection')
 })
