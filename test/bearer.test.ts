@@ -11,6 +11,7 @@ import { obtainTokens } from './helpers/tokens.js'
 import { harness, login, type Harness } from './helpers/hostile-harness.js'
 import { newKey } from './helpers/hostile-idp.js'
 import { KeycloakBearerTokens } from '../lib/bearer.js'
+import { recordUnhandledRejections } from './helpers/unhandled.js'
 
 const bearerStack = async (t: Test, bearer: Record<string, unknown> = {}, env: Record<string, string> = {}): Promise<Stack> => {
   const stack = await startStack({ protectedRoute: true, env, plugin: { bearer: { keycloak: true, ...bearer } } })
@@ -236,10 +237,7 @@ t.test('the directory behind a bearer token: failing is directory_error (503), a
 })
 
 t.test('a revocation store that fails asynchronously: the request waits for it and fails, nothing is left unhandled', async (t) => {
-  const unhandled: unknown[] = []
-  const record = (reason: unknown): void => { unhandled.push(reason) }
-  process.on('unhandledRejection', record)
-  t.teardown(() => { process.off('unhandledRejection', record) })
+  const unhandled = recordUnhandledRejections(t)
   const failing = { revoke: async () => {}, isRevoked: async () => { throw new Error('store unreachable') } }
   const tokens = new KeycloakBearerTokens({
     verify: async () => ({ sub: 'kc-1', sid: 'kc-session-1', iat: 1, exp: Math.floor(Date.now() / 1000) + 60 }),

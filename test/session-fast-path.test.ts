@@ -19,6 +19,7 @@ import { MemoryRevocationStore } from '../lib/revocations.js'
 import clearmlKeycloak, { MemoryDirectory } from '../index.js'
 import { KC, KC_SECURE, startStack, TOKEN_SECRET } from './helpers/stack.js'
 import { obtainTokens } from './helpers/tokens.js'
+import { recordUnhandledRejections } from './helpers/unhandled.js'
 
 const SECRET = 'fast-path-secret-of-thirty-two-bytes!'
 const NOW = 1_800_000_000
@@ -127,7 +128,7 @@ t.test('named cases: the fast path decides as jose does', async (t) => {
   for (const [name, token, accepted] of rows) {
     const expected = await joseDecision(token)
     t.equal(expected !== null, accepted, `jose: ${name}`)
-    t.same(fast.verify(token, NOW), expected, `fast path: ${name}`)
+    t.strictSame(fast.verify(token, NOW), expected, `fast path: ${name}`)
   }
   t.equal(fast.verify(GOOD, CLAIMS.exp), null, 'the clock is read in whole seconds, as jose reads it')
   t.equal(await joseDecision(GOOD, CLAIMS.exp), null)
@@ -228,7 +229,7 @@ t.test('property: any one character of an issued token changed, both decide alik
     const expected = await joseDecision(token, now)
     return (fast.verify(token, now) === null) === (expected === null)
   }), { numRuns: 3000 })
-  t.same(fast.verify(issued.token, now), await joseDecision(issued.token, now), 'the issued token itself: the same claims')
+  t.strictSame(fast.verify(issued.token, now), await joseDecision(issued.token, now), 'the issued token itself: the same claims')
   t.ok(fast.verify(issued.token, now), 'accepted')
 })
 
@@ -312,20 +313,20 @@ t.test('CredentialCache: least recently used evicted first; when full, admitted 
   const one = new CredentialCache(1, always)
   one.add('a', session)
   one.add('b', session)
-  t.same([one.has('a'), one.has('b'), one.size], [false, true, 1], 'a cache of one keeps the newest')
+  t.strictSame([one.has('a'), one.has('b'), one.size], [false, true, 1], 'a cache of one keeps the newest')
   const two = new CredentialCache(2, always)
   for (const token of ['a', 'b', 'a', 'c']) if (two.get(token) === undefined) two.add(token, session)
-  t.same([two.has('a'), two.has('b'), two.has('c')], [true, false, true], 'the entry used last is kept')
+  t.strictSame([two.has('a'), two.has('b'), two.has('c')], [true, false, true], 'the entry used last is kept')
   const losing = new CredentialCache(2, () => 1 - Number.EPSILON)
   for (const token of ['a', 'b', 'c']) losing.add(token, session)
-  t.same([losing.has('a'), losing.has('b'), losing.has('c')], [true, true, false], 'full, and the draw says no: nothing evicted, the newcomer served uncached')
+  t.strictSame([losing.has('a'), losing.has('b'), losing.has('c')], [true, true, false], 'full, and the draw says no: nothing evicted, the newcomer served uncached')
   const atTheEdge = new CredentialCache(1, () => ADMISSION_WHEN_FULL)
   atTheEdge.add('a', session)
   atTheEdge.add('b', session)
   t.ok(atTheEdge.has('a'), `admitted when the draw is below ${ADMISSION_WHEN_FULL}`)
   two.delete('a')
   two.delete('missing')
-  t.same([two.has('a'), two.size], [false, 1])
+  t.strictSame([two.has('a'), two.size], [false, 1])
 })
 
 t.test('property: CredentialCache against a model of its policy', async (t) => {
@@ -375,10 +376,7 @@ t.test('property: CredentialCache against a model of its policy', async (t) => {
 })
 
 t.test('a revocation store that fails asynchronously: the slow path reports it, nothing is left unhandled', async (t) => {
-  const unhandled: unknown[] = []
-  const record = (reason: unknown): void => { unhandled.push(reason) }
-  process.on('unhandledRejection', record)
-  t.teardown(() => { process.off('unhandledRejection', record) })
+  const unhandled = recordUnhandledRejections(t)
   const failing = { revoke: async () => {}, isRevoked: async () => { throw new Error('store unreachable') } }
   const sessions = new SessionTokens({ secret: SECRET, lifetimeSec: 60, revocations: failing })
   const { token } = await sessions.issue({ id: 'u-1', company: 'c-acme', name: 'Alice', role: 'user' }, { id: 'c-acme', name: 'Acme' }, 's-1', undefined)
@@ -388,7 +386,7 @@ t.test('a revocation store that fails asynchronously: the slow path reports it, 
   const withSid = new SessionTokens({ secret: SECRET, lifetimeSec: 60, revocations: sidFailing })
   t.equal(withSid.cached((await withSid.issue({ id: 'u-1', company: 'c-acme', name: 'Alice', role: 'user' }, { id: 'c-acme', name: 'Acme' }, 's-2', 'kc-2')).token), undefined)
   await new Promise((resolve) => setTimeout(resolve, 20))
-  t.same(unhandled, [], 'no unhandled rejection')
+  t.strictSame(unhandled, [], 'no unhandled rejection')
 })
 
 t.test('through a real server: more sessions than the cache holds, refusals, revocation, Keycloak tokens', async (t) => {
