@@ -18,9 +18,9 @@ export const MODULES = {
   'clearml-env': { mutate: 'lib/clearml-env.ts', command: node('test/config.test.ts') },
   config: { mutate: 'lib/config.ts', command: node('test/config.test.ts') },
   // The session fast path (#15): the verifier against jose, the cache against a model of its policy.
-  'session-token': { mutate: 'lib/session-token.ts', command: node('test/session-fast-path.test.ts', 'named cases|empty secret|property: on generated|property: any one|property: segments') },
+  'session-token': { mutate: 'lib/session-token.ts', command: node('test/session-fast-path.test.ts', 'named cases|empty secret|clock decides|property: on generated|property: any one|property: segments') },
   'credential-cache': { mutate: 'lib/credential-cache.ts', command: node('test/session-fast-path.test.ts', 'CredentialCache|session cache|asynchronously') },
-  session: { mutate: 'lib/session.ts', command: `${node('test/session-fast-path.test.ts', 'session cache|asynchronously|sessionCacheMax')} && ${node('test/units.test.ts', 'session')}` }
+  session: { mutate: 'lib/session.ts', command: `${node('test/session-fast-path.test.ts', 'session tokens|session cache|asynchronously|sessionCacheMax')} && ${node('test/units.test.ts', 'session')}` }
 }
 
 const name = process.env.MUTATE_MODULE ?? 'policy'

@@ -12,7 +12,7 @@ import { createHmac, webcrypto } from 'node:crypto'
 import { isDeepStrictEqual } from 'node:util'
 import Fastify from 'fastify'
 import { base64url, jwtVerify } from 'jose'
-import { decodeSegment, isSessionClaims, SessionTokenVerifier } from '../lib/session-token.js'
+import { decodeSegment, epochSeconds, isSessionClaims, SessionTokenVerifier } from '../lib/session-token.js'
 import { ADMISSION_WHEN_FULL, CredentialCache } from '../lib/credential-cache.js'
 import { DEFAULT_SESSION_CACHE_MAX, keycloakSessionKey, SessionTokens, type VerifiedSession } from '../lib/session.js'
 import { MemoryRevocationStore } from '../lib/revocations.js'
@@ -104,6 +104,8 @@ t.test('named cases: the fast path decides as jose does', async (t) => {
     ['another JWT, not a session', withClaims({ auth_type: undefined }), false],
     ['identity an array', withClaims({ identity: [] }), false],
     ['identity without user', withClaims({ identity: { company: 'c-acme' } }), false],
+    ['identity without company', withClaims({ identity: { user: 'u-1', user_name: 'Alice' } }), false],
+    ['identity with a numeric company', withClaims({ identity: { ...CLAIMS.identity, company: 7 } }), false],
     ['session_id a number', withClaims({ session_id: 1 }), false],
     ['extra claims', withClaims({ extra: { nested: true } }), true],
     ['a name outside ASCII', withClaims({ identity: { ...CLAIMS.identity, user_name: 'Zoë 山田 🙂' } }), true],
@@ -132,6 +134,16 @@ t.test('named cases: the fast path decides as jose does', async (t) => {
   }
   t.equal(fast.verify(GOOD, CLAIMS.exp), null, 'the clock is read in whole seconds, as jose reads it')
   t.equal(await joseDecision(GOOD, CLAIMS.exp), null)
+})
+
+t.test('without an explicit time, the current clock decides', async (t) => {
+  const now = Math.floor(Date.now() / 1000)
+  const live = signed(ISSUED_HEADER, json({ ...CLAIMS, iat: now - 60, exp: now + 60 }))
+  const expired = signed(ISSUED_HEADER, json({ ...CLAIMS, iat: now - 60, exp: now - 1 }))
+  t.match(fast.verify(live), { session_id: 's-1' }, 'a session that expires in a minute is accepted')
+  t.equal(fast.verify(expired), null, 'one that expired a second ago is refused')
+  const read = epochSeconds()
+  t.ok(Number.isInteger(read) && read >= now && read <= Math.floor(Date.now() / 1000), 'whole seconds, as jose reads the clock')
 })
 
 t.test('an empty secret, which WebCrypto refuses to import, verifies nothing', async (t) => {
@@ -248,6 +260,58 @@ t.test('property: segments decode as jose decodes them', async (t) => {
     return expected === undefined ? actual === undefined : actual !== undefined && Buffer.from(actual).equals(Buffer.from(expected))
   }), { numRuns: 20000 })
   t.pass()
+})
+
+t.test('session tokens: what an issued token carries, and the synchronous checks of a cached one', async (t) => {
+  // A store that records what it is asked: a store keyed by id (Redis, SQL) must never be asked about
+  // an undefined one.
+  const memory = new MemoryRevocationStore()
+  const asked: unknown[] = []
+  const revocations = { revoke: async (id: string, until: number) => { await memory.revoke(id, until) }, isRevoked: (id: string, iat?: number) => { asked.push(id); return memory.isRevoked(id, iat) } }
+  const sessions = new SessionTokens({ secret: SECRET, lifetimeSec: 3600, revocations })
+  const user = { id: 'u-1', company: 'c-acme', name: 'Alice', role: 'user' as const }
+  const company = { id: 'c-acme', name: 'Acme' }
+
+  const id = sessions.newSessionId()
+  t.match(id, /^[A-Za-z0-9_-]{22}$/, 'a session id is 16 random bytes')
+  t.not(sessions.newSessionId(), id, 'and never the same twice')
+  t.equal(sessions.expiresAt(1_000), 1_000 + 3600, 'a session expires a lifetime after it starts')
+  const now = Math.floor(Date.now() / 1000)
+  const expiresAt = sessions.expiresAt()
+  t.ok(expiresAt >= now + 3600 && expiresAt <= Math.floor(Date.now() / 1000) + 3600, 'from now, in whole seconds, by default')
+
+  const plain = await sessions.issue(user, company, 's-plain', undefined)
+  const [header, payload] = plain.token.split('.').map((segment, i) => i < 2 ? JSON.parse(Buffer.from(segment, 'base64url').toString()) : segment)
+  t.strictSame(header, { alg: 'HS256', typ: 'JWT' }, 'the header ClearML\'s own tokens carry')
+  t.strictSame(payload.sso, { provider: 'keycloak' }, 'without a Keycloak session: the provider only')
+  const linked = await sessions.issue(user, company, 's-linked', 'kc-7')
+  t.strictSame(JSON.parse(Buffer.from(linked.token.split('.')[1], 'base64url').toString()).sso, { provider: 'keycloak', sid: 'kc-7' })
+
+  const cachedPlain = sessions.cached(plain.token)
+  t.equal(cachedPlain?.keycloakSessionKey, undefined, 'no Keycloak session to revoke it by')
+  t.strictSame(asked, ['s-plain'], 'the store is asked about the session only')
+  asked.length = 0
+  const later: unknown[] = []
+  const asynchronous = new SessionTokens({ secret: SECRET, lifetimeSec: 3600, revocations: { revoke: async () => {}, isRevoked: async (id: string) => { later.push(id); return false } } })
+  t.ok(await asynchronous.verify(plain.token))
+  t.strictSame(later, ['s-plain', 's-plain'], 'with an asynchronous store too: asked on the synchronous path, then awaited')
+
+  // A token signed with the token secret but without an `sso` claim, as ClearML's own login issues.
+  const clearmlOwn = signed(ISSUED_HEADER, json({ ...CLAIMS, sso: undefined, iat: now - 60, exp: now + 600 }))
+  t.match(sessions.cached(clearmlOwn), { identity: { user: 'u-1', credential: 'session' }, keycloakSessionKey: undefined }, 'a session without an sso claim is accepted')
+
+  t.ok(sessions.cached(linked.token), 'cached')
+  await revocations.revoke(keycloakSessionKey('kc-7'), linked.expiresAt)
+  t.equal(sessions.cached(linked.token), null, 'refused synchronously once its Keycloak session ended')
+
+  const realNow = Date.now
+  t.teardown(() => { Date.now = realNow })
+  const cachedUntil = await sessions.issue(user, company, 's-until', undefined)
+  t.ok(sessions.cached(cachedUntil.token))
+  Date.now = () => cachedUntil.expiresAt * 1000 - 1
+  t.ok(sessions.cached(cachedUntil.token), 'still valid in the last millisecond before its exp')
+  Date.now = () => cachedUntil.expiresAt * 1000
+  t.equal(sessions.cached(cachedUntil.token), null, 'a cached session is refused from the second its exp names')
 })
 
 t.test('session cache: bounded, busy sessions kept, every session accepted, validated size', async (t) => {
