@@ -126,7 +126,8 @@ export class SessionTokens {
       auth_type: 'Bearer',
       identity,
       session_id: sessionId,
-      sso: sid === undefined ? { provider: 'keycloak' } : { provider: 'keycloak', sid }
+      // Without a Keycloak session, `sid: undefined` is left out of the JSON: `{ provider: 'keycloak' }`.
+      sso: { provider: 'keycloak', sid }
     }).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setIssuedAt(iat).setExpirationTime(exp).sign(await this.#signingKey)
     return { token, sessionId, expiresAt: exp }
   }
