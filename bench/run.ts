@@ -7,6 +7,7 @@
  *   BENCH_LOGINS logins for the rate (5000)  BENCH_MEMORY_LOGINS (100000)  BENCH_ROTATION_CALLBACKS (2000)
  *   BENCH_SESSIONS numbers of distinct active sessions (1,10000,100000)
  *   BENCH_PARTS which parts to run (routes,verify,sessions,logins,memory)
+ *   BENCH_CPU_PROF a directory: the plugin's apiserver writes a V8 CPU profile there (--cpu-prof)
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
@@ -23,6 +24,7 @@ const MEMORY_LOGINS = Number(process.env.BENCH_MEMORY_LOGINS ?? 100000)
 const ROTATION_CALLBACKS = Number(process.env.BENCH_ROTATION_CALLBACKS ?? 2000)
 const SESSION_COUNTS = (process.env.BENCH_SESSIONS ?? '1,10000,100000').split(',').map(Number)
 const PARTS = new Set((process.env.BENCH_PARTS ?? 'routes,verify,sessions,logins,memory').split(','))
+const CPU_PROF = process.env.BENCH_CPU_PROF
 
 interface Server { process: ChildProcess, url: string, info: Record<string, unknown> }
 
@@ -145,7 +147,7 @@ async function post<T> (server: Server, path: string, body: unknown): Promise<T>
 }
 
 const provider = await startFastProvider()
-const plugin = await startServer('./servers/plugin-app.ts', [provider.issuer], ['--expose-gc'])
+const plugin = await startServer('./servers/plugin-app.ts', [provider.issuer], ['--expose-gc', ...(CPU_PROF === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`])])
 const adapter = await startServer('./servers/adapter-app.ts', [provider.issuer])
 const now = Math.floor(Date.now() / 1000)
 const accessToken = await provider.sign({ iss: provider.issuer, sub: 'bench-api-client', sid: 'bench-keycloak-session', aud: 'account', azp: 'clearml', typ: 'Bearer', iat: now, exp: now + 7200, preferred_username: 'bench', name: 'Bench User' })
@@ -343,7 +345,15 @@ if (PARTS.has('memory')) {
   `\nRefused during the memory run: ${JSON.stringify(Object.fromEntries(memoryRefused))}\n`)
 }
 
-plugin.process.kill()
+if (CPU_PROF === undefined) {
+  plugin.process.kill()
+} else {
+  // A normal exit, so that the profile is written.
+  plugin.process.removeAllListeners('exit')
+  const exited = new Promise((resolve) => plugin.process.once('exit', resolve))
+  await fetch(`${plugin.url}/exit`, { method: 'POST' })
+  await exited
+}
 adapter.process.kill()
 await provider.close()
 summary.loadAverageAtEnd = loadavg()

@@ -203,7 +203,11 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
 
   async #start (): Promise<void> {
     const synced = new Promise<void>((resolve, reject) => { this.#settleFirstSync = { resolve, reject } })
-    const subscriber = this.#redis.duplicate()
+    // The store subscribes again itself after every reconnection (`#resync`: subscribe, then load).
+    // ioredis's own resubscription sends SUBSCRIBE without handling its failure: a connection lost
+    // again before Redis answers is an unhandled rejection, which ends the host's process
+    // (redis/ioredis#2187, not in ioredis 6.0.0).
+    const subscriber = this.#redis.duplicate({ autoResubscribe: false })
     this.#subscriber = subscriber
     subscriber.on('message', this.#onMessage)
     subscriber.on('close', this.#onSubscriptionLost)

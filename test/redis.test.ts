@@ -14,6 +14,7 @@ import {
   type RedisRevocationStoreEvents, type RedisRevocationStoreOptions
 } from '../redis/index.js'
 import { decodeRevocations } from '../redis/layout.js'
+import { recordUnhandledRejections } from './helpers/unhandled.js'
 
 /** Clients that reconnect quickly, so a restarted Redis is found within a test's patience. */
 const FAST_RECONNECT: RedisOptions = { retryStrategy: () => 50 }
@@ -261,6 +262,37 @@ t.test('Redis killed mid-run: writes queue within the bound, take effect at once
   t.match(a.infos.join('\n'), 'wrote its queued changes')
   t.match(a.warnings.join('\n'), 'lost its subscription')
   t.notMatch([...a.warnings, ...a.infos, ...b.warnings].join('\n'), /during-outage|before-crash|state-outage|sealed/, 'no id, state or value in any log line')
+})
+
+t.test('after a reconnection the store subscribes again itself, and nothing is left unhandled', async (t) => {
+  // ioredis's own resubscription sends SUBSCRIBE without handling its failure (redis/ioredis#2187): a
+  // connection lost or closed before Redis answers it is an unhandled rejection, which ends the host's
+  // process. The store's subscriber connection has it off; `#resync` subscribes, then loads.
+  const unhandled = recordUnhandledRejections(t)
+  const server = await redisServer(t)
+  const redis = client(server)
+  let subscriber: Redis | undefined
+  const duplicate = redis.duplicate.bind(redis)
+  redis.duplicate = (override) => (subscriber = duplicate(override))
+  const store = new RedisRevocationStore({ redis, log: { warn: () => {}, info: () => {} } })
+  t.teardown(async () => {
+    await store.close()
+    redis.disconnect()
+  })
+  await store.ready()
+  t.equal(subscriber?.options.autoResubscribe, false, 'the subscriber does not resubscribe on its own')
+  const b = await replica(t, server)
+
+  const lost = once(store, 'stale')
+  await server.kill()
+  await lost
+  const synced = once(store, 'synced')
+  await server.start()
+  await synced
+  await b.store.revoke('after-the-restart', inAnHour())
+  await until(store, 'received', () => store.isRevoked('after-the-restart'))
+  t.pass('subscribed again: a revocation made on B reaches it')
+  t.strictSame(unhandled, [], 'no unhandled rejection')
 })
 
 t.test('a Redis restarted empty gets every live revocation back from the replicas', async (t) => {
