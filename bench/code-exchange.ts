@@ -29,8 +29,8 @@ import { runInNewContext } from 'node:vm'
 import Fastify, { type FastifyRequest } from 'fastify'
 import fastifyOauth2, { type OAuth2Namespace } from '@fastify/oauth2'
 import { exchangeCode } from '../lib/oidc-client.js'
+import { median, ROUNDS } from './common.js'
 
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const EXCHANGES = Number(process.env.BENCH_EXCHANGES ?? 2000)
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 10)
 
@@ -116,12 +116,6 @@ async function measure (exchange: Exchange, codes: string[], provider: Awaited<R
     // Includes answering the two stats requests: a few µs in all, nothing per exchange.
     providerCpuMicrosPerExchange: (after.cpuMicros - before.cpuMicros) / codes.length
   }
-}
-
-const median = (values: number[]): number => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const middle = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
 }
 
 const loadBefore = loadavg()

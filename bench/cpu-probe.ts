@@ -6,22 +6,17 @@
  * request with the next one, on an apiserver whose cache holds them all after a first pass, and on
  * one that caches none (`sessionCacheMax: 0`), where every request pays the synchronous verification.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
-import { createInterface } from 'node:readline'
 import { loadavg } from 'node:os'
 import autocannon, { type Request } from 'autocannon'
 import { startFastProvider } from './fast-provider.js'
+import { startApiserver, type Apiserver } from './common.js'
 
 const amount = Number(process.env.PROBE_REQUESTS ?? 100000)
 const sessionCount = Number(process.env.PROBE_SESSIONS ?? 100000)
 
-interface App { process: ChildProcess, url: string, sessionToken: string }
+type App = Apiserver<{ port: number, sessionToken: string }>
 const provider = await startFastProvider()
-async function start (args: string[]): Promise<App> {
-  const child = spawn(process.execPath, ['--import', 'tsx', '--expose-gc', new URL('./servers/plugin-app.ts', import.meta.url).pathname, provider.issuer, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
-  const info = JSON.parse(await new Promise<string>((resolve) => createInterface({ input: child.stdout! }).once('line', resolve)))
-  return { process: child, url: `http://127.0.0.1:${info.port as number}`, sessionToken: info.sessionToken }
-}
+const start = async (args: string[]): Promise<App> => await startApiserver('./servers/plugin-app.ts', [provider.issuer, ...args], ['--expose-gc'])
 const app = await start([])
 const uncached = await start(['0'])
 // /cpu rather than /stats, which collects garbage first: a full collection with 100,000 cached
@@ -31,7 +26,7 @@ const tokens = await (await fetch(`${app.url}/sessions`, { method: 'POST', heade
 /** Each request of a run with the next session cookie. */
 const cycling = (): Request[] => { let next = 0; return [{ setupRequest: (request: Request) => ({ ...request, headers: { ...request.headers, cookie: `clearml_token_basic=${tokens[next++ % tokens.length]}` } }) }] }
 
-const cookie = `clearml_token_basic=${app.sessionToken}`
+const cookie = `clearml_token_basic=${app.info.sessionToken}`
 // An API client's Keycloak access token, as bench/run.ts signs it (plugin-app knows its subject).
 const now = Math.floor(Date.now() / 1000)
 const keycloakBearer = `Bearer ${await provider.sign({ iss: provider.issuer, sub: 'bench-api-client', sid: 'bench-keycloak-session', aud: 'account', azp: 'clearml', typ: 'Bearer', iat: now, exp: now + 7200 })}`
@@ -41,7 +36,7 @@ const cases: Array<{ name: string, server: App, path: string, headers?: Record<s
   { name: 'bare + cookie header', server: app, path: '/bare', headers: { cookie } },
   { name: 'no-op preHandler + cookie', server: app, path: '/noop-hook', headers: { cookie } },
   { name: 'authenticate (cookie)', server: app, path: '/protected', headers: { cookie } },
-  { name: 'authenticate (Bearer)', server: app, path: '/protected', headers: { authorization: `Bearer ${app.sessionToken}` } },
+  { name: 'authenticate (Bearer)', server: app, path: '/protected', headers: { authorization: `Bearer ${app.info.sessionToken}` } },
   { name: 'bare + Keycloak Authorization header', server: app, path: '/bare', headers: { authorization: keycloakBearer } },
   { name: 'authenticate (Keycloak access token)', server: app, path: '/protected', headers: { authorization: keycloakBearer } },
   { name: `bare, ${many} cookies`, server: app, path: '/bare', requests: cycling },

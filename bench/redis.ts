@@ -18,22 +18,18 @@
  *   BENCH_REVOCATIONS live revocations in Redis (100000)  BENCH_PROPAGATION revocations per series (200)
  *   BENCH_INTERVAL_MS between revocations of a stream (5)
  */
-import { spawn, type ChildProcess } from 'node:child_process'
-import { createInterface } from 'node:readline'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import { cpus } from 'node:os'
 import autocannon from 'autocannon'
 import { Redis } from 'ioredis'
 import { startFastProvider } from './fast-provider.js'
+import { CONNECTIONS, DURATION, median, ROUNDS, startApiserver, type Apiserver } from './common.js'
 import { startRedisServer } from '../test/helpers/redis-server.js'
 import { RedisRevocationStore } from '../redis/index.js'
 import { MemoryRevocationStore, type RevocationStore } from '../lib/revocations.js'
 import { DEFAULT_KEY_PREFIX, redisNames } from '../redis/layout.js'
 
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
-const DURATION = Number(process.env.BENCH_DURATION ?? 3)
-const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 50)
 const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 100_000)
 const PROPAGATION = Number(process.env.BENCH_PROPAGATION ?? 200)
 const INTERVAL_MS = Number(process.env.BENCH_INTERVAL_MS ?? 5)
@@ -42,27 +38,11 @@ const INTERVAL_MS = Number(process.env.BENCH_INTERVAL_MS ?? 5)
 setFlagsFromString('--expose-gc')
 const gc = runInNewContext('gc') as () => void
 
-interface Replica { process: ChildProcess, url: string, info: { port: number, sessionToken: string, loaded: number } }
+type Replica = Apiserver<{ port: number, sessionToken: string, loaded: number }>
 interface Stats { cpu: { user: number, system: number }, memory: { heapUsed: number }, revocations: number, queued: number }
 
-async function startReplica (app: string, args: string[]): Promise<Replica> {
-  const file = new URL(app, import.meta.url).pathname
-  const child = spawn(process.execPath, ['--import', 'tsx', '--expose-gc', file, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
-  // A runner that fails must not leave replicas behind.
-  process.once('exit', () => child.kill())
-  const line = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).once('line', resolve)
-    child.once('exit', (code) => reject(new Error(`${app} exited with ${code}`)))
-  })
-  const info = JSON.parse(line)
-  return { process: child, url: `http://127.0.0.1:${info.port as number}`, info }
-}
+const startReplica = async (app: string, args: string[]): Promise<Replica> => await startApiserver(app, args, ['--expose-gc'])
 
-const median = (values: number[]): number => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const middle = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
-}
 /** Nearest-rank percentile. */
 const percentile = (values: number[], p: number): number => {
   const sorted = [...values].sort((a, b) => a - b)

@@ -9,16 +9,12 @@
  *   BENCH_PARTS which parts to run (routes,verify,sessions,logins,memory)
  *   BENCH_CPU_PROF a directory: the plugin's apiserver writes a V8 CPU profile there (--cpu-prof)
  */
-import { spawn, type ChildProcess } from 'node:child_process'
-import { createInterface } from 'node:readline'
 import { randomUUID } from 'node:crypto'
 import { cpus, loadavg } from 'node:os'
 import autocannon, { type Request } from 'autocannon'
 import { benchKey, startFastProvider, type BenchKey, type FastProvider } from './fast-provider.js'
+import { CONNECTIONS, DURATION, median, ROUNDS, startApiserver, type Apiserver } from './common.js'
 
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
-const DURATION = Number(process.env.BENCH_DURATION ?? 3)
-const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 50)
 const LOGINS = Number(process.env.BENCH_LOGINS ?? 5000)
 const MEMORY_LOGINS = Number(process.env.BENCH_MEMORY_LOGINS ?? 100000)
 const ROTATION_CALLBACKS = Number(process.env.BENCH_ROTATION_CALLBACKS ?? 2000)
@@ -26,24 +22,8 @@ const SESSION_COUNTS = (process.env.BENCH_SESSIONS ?? '1,10000,100000').split(',
 const PARTS = new Set((process.env.BENCH_PARTS ?? 'routes,verify,sessions,logins,memory').split(','))
 const CPU_PROF = process.env.BENCH_CPU_PROF
 
-interface Server { process: ChildProcess, url: string, info: Record<string, unknown> }
-
-async function startServer (file: string, args: string[], nodeFlags: string[] = []): Promise<Server> {
-  const child = spawn(process.execPath, ['--import', 'tsx', ...nodeFlags, new URL(file, import.meta.url).pathname, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
-  const line = await new Promise<string>((resolve, reject) => {
-    const lines = createInterface({ input: child.stdout! })
-    lines.once('line', resolve)
-    child.once('exit', (code) => reject(new Error(`${file} exited with ${code}`)))
-  })
-  const info = JSON.parse(line)
-  return { process: child, url: `http://127.0.0.1:${info.port}`, info }
-}
-
-const median = (values: number[]): number => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const middle = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
-}
+type Server = Apiserver<Record<string, unknown> & { port: number }>
+const startServer = startApiserver<Record<string, unknown> & { port: number }>
 
 /** Requests per second; `cookie`, when given, is called for the Cookie header of every request. */
 async function load (url: string, headers: Record<string, string> = {}, cookie?: () => string): Promise<number> {

@@ -1,0 +1,33 @@
+/**
+ * What every benchmark runner shares: the knobs of a load measurement, the median, and starting an
+ * apiserver under test in a process of its own.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createInterface } from 'node:readline'
+
+export const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
+export const DURATION = Number(process.env.BENCH_DURATION ?? 3)
+export const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 50)
+
+export function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const middle = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+}
+
+export interface Apiserver<Info> { process: ChildProcess, url: string, info: Info }
+
+/**
+ * Runs `file` (relative to `bench/`) with tsx and `nodeFlags`; resolves with the JSON line it prints
+ * once listening (`{ port, ... }`). A runner that fails does not leave it behind.
+ */
+export async function startApiserver<Info extends { port: number }> (file: string, args: string[], nodeFlags: string[] = []): Promise<Apiserver<Info>> {
+  const child = spawn(process.execPath, ['--import', 'tsx', ...nodeFlags, new URL(file, import.meta.url).pathname, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
+  process.once('exit', () => child.kill())
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).once('line', resolve)
+    child.once('exit', (code) => reject(new Error(`${file} exited with ${code}`)))
+  })
+  const info = JSON.parse(line) as Info
+  return { process: child, url: `http://127.0.0.1:${info.port}`, info }
+}
