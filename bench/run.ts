@@ -268,12 +268,14 @@ if (PARTS.has('logins')) {
 
   // A flood of forged tokens under kids nobody published, on the channels anyone can reach (a bearer
   // header, a back-channel logout body): they share one cooldown (issue #12), so at most one fetch.
+  // Signed before the clock starts: the seconds are the apiserver's, not the runner's RS256 signing.
+  const forged = await Promise.all(Array.from({ length: ROTATION_CALLBACKS }, async () =>
+    await provider.sign({ iss: provider.issuer, sub: 'bench-api-client', aud: 'account', azp: 'clearml', typ: 'Bearer', iat: now, exp: now + 600 }, rotated, randomUUID())))
   const forgedStart = performance.now()
   const floodBefore = provider.hits.get(certs) ?? 0
   const forgedRefused = new Map<number, number>()
-  for (let sent = 0; sent < ROTATION_CALLBACKS; sent += 100) {
-    await Promise.all(Array.from({ length: 100 }, async (_, i) => {
-      const token = await provider.sign({ iss: provider.issuer, sub: 'bench-api-client', aud: 'account', azp: 'clearml', typ: 'Bearer', iat: now, exp: now + 600 }, rotated, randomUUID())
+  for (let sent = 0; sent < forged.length; sent += 100) {
+    await Promise.all(forged.slice(sent, sent + 100).map(async (token, i) => {
       const answer = (sent + i) % 2 === 0
         ? await fetch(`${plugin.url}/protected`, { headers: { authorization: `Bearer ${token}` } })
         : await fetch(`${plugin.url}/logout/backchannel`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: `logout_token=${token}` })

@@ -29,9 +29,11 @@ export interface Authenticator {
   tokenOf: (request: FastifyRequest) => string | undefined
 }
 
+// The scheme is case-insensitive (RFC 9110 11.1); tested in place, without copying the header.
+const BEARER_SCHEME = /^bearer /i
 // HTTP parsers trim a header's surrounding whitespace, so a bearer header longer than `Bearer ` has a token.
 function bearerToken (header: string | undefined): string | undefined {
-  if (header === undefined || header.length <= 7 || header.slice(0, 7).toLowerCase() !== 'bearer ') return undefined
+  if (header === undefined || header.length <= 7 || !BEARER_SCHEME.test(header)) return undefined
   return header.slice(7).trim()
 }
 
