@@ -11,16 +11,16 @@ const node = (file, grep) => `${grep === undefined ? '' : `TAP_GREP='${grep}' `}
 
 /** Module → the file mutated and the command that must fail when a mutant changes its behaviour. */
 export const MODULES = {
-  policy: { mutate: 'lib/policy.ts', command: node('test/policy.test.ts') },
-  identity: { mutate: 'lib/identity.ts', command: node('test/identity.test.ts') },
+  policy: { mutate: 'lib/rules/policy.ts', command: node('test/policy.test.ts') },
+  identity: { mutate: 'lib/rules/identity.ts', command: node('test/identity.test.ts') },
   redirects: { mutate: 'lib/redirects.ts', command: node('test/units.test.ts', 'return path|post-logout') },
-  revocations: { mutate: 'lib/revocations.ts', command: node('test/units.test.ts', 'revocation store') },
-  'clearml-env': { mutate: 'lib/clearml-env.ts', command: node('test/config.test.ts') },
-  config: { mutate: 'lib/config.ts', command: node('test/config.test.ts') },
+  revocations: { mutate: 'lib/session/revocations.ts', command: node('test/units.test.ts', 'revocation store') },
+  'clearml-env': { mutate: 'lib/config/clearml-env.ts', command: node('test/config.test.ts') },
+  config: { mutate: 'lib/config/settings.ts', command: node('test/config.test.ts') },
   // The session fast path (#15): the verifier against jose, the cache against a model of its policy.
-  'session-token': { mutate: 'lib/session-token.ts', command: node('test/session-fast-path.test.ts', 'named cases|empty secret|clock decides|property: on generated|property: any one|property: segments') },
-  'credential-cache': { mutate: 'lib/credential-cache.ts', command: node('test/session-fast-path.test.ts', 'CredentialCache|session cache|asynchronously') },
-  session: { mutate: 'lib/session.ts', command: `${node('test/session-fast-path.test.ts', 'session tokens|session cache|asynchronously|sessionCacheMax')} && ${node('test/units.test.ts', 'session')}` }
+  'session-token': { mutate: 'lib/session/token-verifier.ts', command: node('test/session-fast-path.test.ts', 'named cases|empty secret|clock decides|property: on generated|property: any one|property: segments') },
+  'credential-cache': { mutate: 'lib/session/credential-cache.ts', command: node('test/session-fast-path.test.ts', 'CredentialCache|session cache|asynchronously') },
+  session: { mutate: 'lib/session/sessions.ts', command: `${node('test/session-fast-path.test.ts', 'session tokens|session cache|asynchronously|sessionCacheMax')} && ${node('test/units.test.ts', 'session')}` }
 }
 
 const name = process.env.MUTATE_MODULE ?? 'policy'

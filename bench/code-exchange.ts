@@ -28,7 +28,7 @@ import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import Fastify, { type FastifyRequest } from 'fastify'
 import fastifyOauth2, { type OAuth2Namespace } from '@fastify/oauth2'
-import { exchangeCode } from '../lib/oidc-client.js'
+import { exchangeCode } from '../lib/keycloak/oidc-client.js'
 import { median, ROUNDS } from './common.js'
 
 const EXCHANGES = Number(process.env.BENCH_EXCHANGES ?? 2000)

@@ -6,7 +6,7 @@
  */
 import { createHmac } from 'node:crypto'
 import { createVerifier } from 'fast-jwt'
-import { SessionTokenVerifier } from '../lib/session-token.js'
+import { SessionTokenVerifier } from '../lib/session/token-verifier.js'
 
 const SECRET = 'agreement-secret-of-thirty-two-bytes'
 const NOW = 1_800_000_000

@@ -27,7 +27,7 @@ import { startFastProvider } from './fast-provider.js'
 import { CONNECTIONS, DURATION, median, ROUNDS, startApiserver, type Apiserver } from './common.js'
 import { startRedisServer } from '../test/helpers/redis-server.js'
 import { RedisRevocationStore } from '../redis/index.js'
-import { MemoryRevocationStore, type RevocationStore } from '../lib/revocations.js'
+import { MemoryRevocationStore, type RevocationStore } from '../lib/session/revocations.js'
 import { DEFAULT_KEY_PREFIX, redisNames } from '../redis/layout.js'
 
 const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 100_000)

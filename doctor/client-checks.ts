@@ -5,10 +5,10 @@
  * endpoint that accepts the client and the page after logout).
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { settingName } from '../lib/config.js'
-import { isJsonObject } from '../lib/http.js'
+import { settingName } from '../lib/config/settings.js'
+import { isJsonObject } from '../lib/keycloak/http.js'
 // The client authenticates exactly as the plugin's code exchange does.
-import { basicAuthorization, loggableOAuthError } from '../lib/oidc-client.js'
+import { basicAuthorization, loggableOAuthError } from '../lib/keycloak/oidc-client.js'
 import { shown, type DoctorContext } from './context.js'
 import { fail, pass, type Verdict } from './report.js'
 

@@ -3,7 +3,7 @@
  * fetched. Tokens carry Keycloak's time in `iat` and `exp`; beyond `clock_tolerance_sec` of drift,
  * fresh tokens look issued in the future or already expired, and logins fail.
  */
-import { settingName } from '../lib/config.js'
+import { settingName } from '../lib/config/settings.js'
 import type { DoctorContext } from './context.js'
 import { fail, pass, type Verdict } from './report.js'
 

@@ -5,7 +5,7 @@
  * are warnings, as they are in the plugin's log.
  */
 import { ConfigError } from '../lib/errors.js'
-import { issuerOf, readConfig, settingName, weakSettings, type KeycloakConfig } from '../lib/config.js'
+import { issuerOf, readConfig, settingName, weakSettings, type KeycloakConfig } from '../lib/config/settings.js'
 import { shown } from './context.js'
 import type { Verdict } from './report.js'
 

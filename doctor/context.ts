@@ -1,12 +1,12 @@
 /**
  * What every check works from: the configuration exactly as the plugin reads it, the web app's URL,
  * and Keycloak's answers. The discovery document and the key set are fetched once and shared, so a
- * run costs Keycloak one request per endpoint. Every call goes through `lib/http.ts` (time-out, size
+ * run costs Keycloak one request per endpoint. Every call goes through `lib/keycloak/http.ts` (time-out, size
  * cap), the same client the plugin logs in with.
  */
 import type { SsoError } from '../lib/errors.js'
-import { issuerOf, type KeycloakConfig } from '../lib/config.js'
-import { callJson, type CallOptions, type HttpAnswer } from '../lib/http.js'
+import { issuerOf, type KeycloakConfig } from '../lib/config/settings.js'
+import { callJson, type CallOptions, type HttpAnswer } from '../lib/keycloak/http.js'
 
 /** An answer and when it was asked for and received (local clock, ms), or why none came. */
 export type Probe =
@@ -75,7 +75,7 @@ export function shown (value: unknown): string {
  */
 function transportFailure (err: SsoError, what: string, timeoutMs: number): string {
   const cause = err.cause as Error | undefined
-  if (cause === undefined) return err.message // an answer too large: lib/http.ts says which and how large
+  if (cause === undefined) return err.message // an answer too large: lib/keycloak/http.ts says which and how large
   return cause.name === 'AbortError' ? `${what} timed out after ${timeoutMs} ms` : `${what} could not be reached`
 }
 

@@ -4,8 +4,8 @@
  * advertises) and `jwks` (the key set has a key for the configured algorithms).
  */
 import { importJWK, type JWK } from 'jose'
-import { settingName } from '../lib/config.js'
-import { isJsonObject } from '../lib/http.js'
+import { settingName } from '../lib/config/settings.js'
+import { isJsonObject } from '../lib/keycloak/http.js'
 import { discoveryUrl, shown, type DoctorContext } from './context.js'
 import { fail, pass, type Verdict } from './report.js'
 

@@ -2,7 +2,7 @@
  * The doctor's vocabulary: the checks SPEC section 11 names, what one check concludes, and the report
  * the command prints (as text or, with `--json`, exactly this shape).
  */
-import type { KeycloakConfig } from '../lib/config.js'
+import type { KeycloakConfig } from '../lib/config/settings.js'
 import type { DoctorContext } from './context.js'
 
 export type CheckId = 'config' | 'discovery' | 'issuer' | 'endpoints' | 'jwks' | 'client' | 'redirect_uri' | 'end_session' | 'clock'

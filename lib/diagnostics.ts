@@ -12,7 +12,7 @@
 import { channel } from 'node:diagnostics_channel'
 import { performance } from 'node:perf_hooks'
 import { SSO_ERROR_STATUS, SsoError, type SsoErrorCode } from './errors.js'
-import type { CredentialKind } from './session.js'
+import type { CredentialKind } from './session/claims.js'
 
 export const diagnosticsChannels = {
   login: 'fastify-clearml-keycloak:login',

@@ -5,23 +5,24 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { JWTPayload } from 'jose'
-import { settingName, type KeycloakConfig } from './config.js'
-import type { Company, DirectoryUser, UserDirectory } from './directory.js'
+import { settingName, type KeycloakConfig } from './config/settings.js'
+import type { Company, DirectoryUser, UserDirectory } from './directory/user-directory.js'
 import { observeLogin } from './diagnostics.js'
-import { ProviderEndpoints } from './discovery.js'
+import { ProviderEndpoints } from './keycloak/discovery.js'
 import { SsoError } from './errors.js'
-import { mapClaims, type Claims, type Identity } from './identity.js'
-import { RemoteKeySet } from './keys.js'
-import { PROVIDER, runLogin, type LoginResult } from './login.js'
-import type { BearerUser } from './bearer.js'
-import { ID_TOKEN_COOKIE } from './cookies.js'
-import { describeOAuthError, exchangeCode, fetchUserinfo } from './oidc-client.js'
+import { looksLikeIdentity, mapClaims, type Claims, type Identity } from './rules/identity.js'
+import { RemoteKeySet } from './keycloak/key-set.js'
+import { PROVIDER, runLogin, type LoginResult } from './rules/login.js'
+import type { BearerUser } from './keycloak/bearer.js'
+import { ID_TOKEN_COOKIE } from './session/cookies.js'
+import { describeOAuthError, exchangeCode, fetchUserinfo, userinfoMismatch } from './keycloak/oidc-client.js'
 import { pkceChallenge, randomToken, timingSafeEqualText } from './crypto.js'
-import { MemoryRevocationStore, OnceClaims, type RevocationStore } from './revocations.js'
-import { Sealer } from './sealed.js'
-import { keycloakSessionKey, SessionTokens, type VerifiedSession } from './session.js'
-import { slotForNewLogin, TransactionCodec, type LoginTransaction } from './transaction.js'
-import { verifyAccessToken, verifyIdToken, verifyLogoutToken, type VerifyOptions } from './tokens.js'
+import { MemoryRevocationStore, OnceClaims, type RevocationStore } from './session/revocations.js'
+import { Sealer } from './session/sealed.js'
+import { keycloakSessionKey } from './session/claims.js'
+import { SessionTokens, type VerifiedSession } from './session/sessions.js'
+import { slotForNewLogin, TransactionCodec, type LoginTransaction } from './session/transaction.js'
+import { verifyAccessToken, verifyIdToken, verifyLogoutToken, type VerifyOptions } from './keycloak/tokens.js'
 
 export interface IssueTokenContext {
   company: Company
@@ -83,10 +84,6 @@ const ID_TOKEN_PURPOSE = 'id-token-for-logout'
 export const MAX_ID_TOKEN_COOKIE_BYTES = 3072
 const ID_TOKEN_REFERENCE = 'ref.'
 const idTokenKey = (reference: string): string => `id-token:${reference}`
-
-export function looksLikeIdentity (value: Claims | Identity): value is Identity {
-  return typeof value.subject === 'string' && Array.isArray(value.groups) && Array.isArray(value.roles) && typeof value.emailVerified === 'boolean'
-}
 
 export class KeycloakSso {
   readonly config: KeycloakConfig
@@ -356,11 +353,6 @@ export class KeycloakSso {
     url.searchParams.set('post_logout_redirect_uri', postLogoutRedirectUri)
     return { redirectUrl: url.href }
   }
-}
-
-/** Why a userinfo answer about someone else is refused, and what to check. */
-export function userinfoMismatch (): string {
-  return `userinfo's sub differs from the token's: ${settingName('userinfoUrl')} (or discovery's userinfo_endpoint) must be this realm's userinfo endpoint`
 }
 
 /** ID-token claims that describe the token, not the user, and must not shadow user claims. */

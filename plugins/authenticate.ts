@@ -11,11 +11,11 @@
  * session check (another algorithm, another shape).
  */
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import type { KeycloakBearerTokens } from '../lib/bearer.js'
+import type { KeycloakBearerTokens } from '../lib/keycloak/bearer.js'
 import { errorEnvelope } from '../lib/envelope.js'
 import { SsoError } from '../lib/errors.js'
 import { publishAuthRefused } from '../lib/diagnostics.js'
-import type { ClearmlIdentity, CredentialKind } from '../lib/session.js'
+import type { ClearmlIdentity, CredentialKind } from '../lib/session/claims.js'
 import type { KeycloakSso } from '../lib/sso.js'
 import { logRefusal, toSsoError } from './error-handler.js'
 

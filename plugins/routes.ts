@@ -6,14 +6,14 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Static } from 'typebox'
-import { cookiePolicy, ID_TOKEN_COOKIE } from '../lib/cookies.js'
+import { cookiePolicy, ID_TOKEN_COOKIE } from '../lib/session/cookies.js'
 import { publishAuthRefused } from '../lib/diagnostics.js'
 import { envelope, errorEnvelope } from '../lib/envelope.js'
 import { SsoError } from '../lib/errors.js'
-import type { ExplainSource, Explanation } from '../lib/explain.js'
+import type { ExplainSource, Explanation } from '../lib/rules/explain.js'
 import { safeReturnPath, sameOriginUrl } from '../lib/redirects.js'
 import type { CompletedLogin, KeycloakSso } from '../lib/sso.js'
-import { slotOfState } from '../lib/transaction.js'
+import { slotOfState } from '../lib/session/transaction.js'
 import {
   AuthorizeData, AuthorizeInput, BackchannelLogoutInput, BrowserLoginQuery, CallbackQuery, Envelope, ExplainInput, ExplanationData,
   LogoutData, LogoutInput, SsoCallbackData, SsoCallbackInput, SupportedModesData, SupportedModesInput

@@ -12,8 +12,8 @@ import { randomUUID } from 'node:crypto'
 import type { Pool } from 'pg'
 import type {
   Company, DirectoryGroup, DirectoryUser, LinkedIdentity, NewUser, UserDirectory, UserPatch, WhitelistEntry
-} from '../lib/directory.js'
-import type { WhitelistSeed } from '../lib/memory-directory.js'
+} from '../lib/directory/user-directory.js'
+import type { WhitelistSeed } from '../lib/directory/memory-directory.js'
 import { PostgresDirectoryError } from './errors.js'
 import { DEFAULT_SCHEMA, quoteSchemaName } from './schema.js'
 import { directoryStatements, type Statements } from './statements.js'

@@ -10,5 +10,5 @@ export { PostgresDirectory, type PostgresDirectoryOptions } from './directory.js
 export { createPostgresSchema, SCHEMA_VERSION, type PostgresSchemaOptions, type PostgresSchemaResult } from './schema.js'
 export { PostgresDirectoryError, type PostgresDirectoryErrorCode } from './errors.js'
 // The directory's types, so a host importing only this entry can name them.
-export type { Company, DirectoryGroup, DirectoryUser, LinkedIdentity, NewUser, Role, UserDirectory, UserPatch, WhitelistEntry } from '../lib/directory.js'
-export type { WhitelistSeed } from '../lib/memory-directory.js'
+export type { Company, DirectoryGroup, DirectoryUser, LinkedIdentity, NewUser, Role, UserDirectory, UserPatch, WhitelistEntry } from '../lib/directory/user-directory.js'
+export type { WhitelistSeed } from '../lib/directory/memory-directory.js'

@@ -9,4 +9,4 @@ export {
 export { RedisStoreError, REDIS_STORE_ERRORS, type RedisStoreErrorCode } from './errors.js'
 export { DEFAULT_KEY_PREFIX, MINIMUM_REDIS } from './layout.js'
 // The store's interface and its log, so a host importing only this entry can name them.
-export type { RevocationStore, StoreLog } from '../lib/revocations.js'
+export type { RevocationStore, StoreLog } from '../lib/session/revocations.js'

@@ -20,7 +20,7 @@
  */
 import { EventEmitter } from 'node:events'
 import type { Redis } from 'ioredis'
-import type { RevocationStore, StoreLog } from '../lib/revocations.js'
+import type { RevocationStore, StoreLog } from '../lib/session/revocations.js'
 import { RedisStoreError, REDIS_STORE_ERRORS } from './errors.js'
 import {
   CLAIM_SCRIPT, DEFAULT_KEY_PREFIX, LOAD_PAGE, SET_VALUE_SCRIPT, TAKE_VALUE_SCRIPT, WRITE_BATCH, WRITE_REVOCATIONS_SCRIPT,

@@ -100,7 +100,7 @@ export const IdentityData = Type.Object({
   rolesClaimPresent: Type.Optional(Type.Boolean())
 })
 
-/** The explanation of a login (`lib/explain.ts`), as `fastify.keycloak.explain` returns it. */
+/** The explanation of a login (`lib/rules/explain.ts`), as `fastify.keycloak.explain` returns it. */
 export const ExplanationData = Type.Object({
   outcome: Type.String(),
   reason: Type.String(),

@@ -10,7 +10,7 @@ import { KC, seedAcme, startStack, type Stack } from './helpers/stack.js'
 import { obtainTokens } from './helpers/tokens.js'
 import { harness, login, type Harness } from './helpers/hostile-harness.js'
 import { newKey } from './helpers/hostile-idp.js'
-import { KeycloakBearerTokens } from '../lib/bearer.js'
+import { KeycloakBearerTokens } from '../lib/keycloak/bearer.js'
 import { recordUnhandledRejections } from './helpers/unhandled.js'
 
 const bearerStack = async (t: Test, bearer: Record<string, unknown> = {}, env: Record<string, string> = {}): Promise<Stack> => {

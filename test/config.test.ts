@@ -1,8 +1,8 @@
 import t from 'tap'
 import { inspect } from 'node:util'
 import { ConfigError, loadConfig, readConfig } from '../index.js'
-import { hoconText, parseHoconValue, readClearmlEnv } from '../lib/clearml-env.js'
-import { issuerOf, settingName, weakSettings } from '../lib/config.js'
+import { hoconText, parseHoconValue, readClearmlEnv } from '../lib/config/clearml-env.js'
+import { issuerOf, settingName, weakSettings } from '../lib/config/settings.js'
 
 const KC = 'CLEARML__services__login__sso__oauth_client__keycloak__'
 const KCS = 'CLEARML__secure__login__sso__oauth_client__keycloak__'

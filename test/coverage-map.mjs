@@ -3,6 +3,7 @@ import { existsSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 
 const dirs = ['lib', 'plugins', 'schemas', 'redis', 'postgres', 'doctor', 'bin'].filter((dir) => existsSync(dir))
-const files = ['index.ts', ...dirs.flatMap((dir) => readdirSync(dir).filter((f) => f.endsWith('.ts')).map((f) => join(dir, f)))]
+// lib/ has a folder per concern: every .ts file below each directory counts.
+const files = ['index.ts', ...dirs.flatMap((dir) => readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts')).map((f) => join(dir, f)))]
 
 export default () => files

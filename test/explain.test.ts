@@ -7,7 +7,7 @@
 import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import clearmlKeycloak, { SsoError, type Claims, type Identity, type LoginResult } from '../index.js'
-import type { Explanation, ExplainInput } from '../lib/explain.js'
+import type { Explanation, ExplainInput } from '../lib/rules/explain.js'
 import { CountingDirectory, WRITES } from './helpers/counting-directory.js'
 import { startHostileIdp } from './helpers/hostile-idp.js'
 import { KC, KC_SECURE, seedAcme, startStack, type Stack } from './helpers/stack.js'

@@ -9,7 +9,7 @@ import Fastify from 'fastify'
 import clearmlKeycloak, { ConfigError, loadConfig, MemoryDirectory } from '../index.js'
 import { SSO_ERROR_STATUS } from '../lib/errors.js'
 import { settingLeaves } from '../schemas/config.js'
-import { variableFor } from '../lib/clearml-env.js'
+import { variableFor } from '../lib/config/clearml-env.js'
 import { seedAcme } from './helpers/stack.js'
 
 const unhandled: unknown[] = []

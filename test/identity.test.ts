@@ -1,6 +1,6 @@
 import t from 'tap'
 import { mapClaims } from '../index.js'
-import { claimAt } from '../lib/identity.js'
+import { claimAt } from '../lib/rules/identity.js'
 import { testConfig } from './helpers/config.js'
 
 const config = testConfig()

@@ -12,7 +12,7 @@ import { createServer, type Server } from 'node:http'
 import { promisify } from 'node:util'
 import { parse } from 'yaml'
 import { loadConfig, MemoryDirectory } from '../index.js'
-import { issuerOf, weakSettings } from '../lib/config.js'
+import { issuerOf, weakSettings } from '../lib/config/settings.js'
 import { buildApiserver, clearmlVariables } from '../examples/apiserver.js'
 import { freePort } from '../examples/free-port.js'
 

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { SsoError, type Identity } from '../index.js'
-import { runLogin } from '../lib/login.js'
-import { DIRECTORY_METHODS } from '../lib/directory.js'
+import { runLogin } from '../lib/rules/login.js'
+import { DIRECTORY_METHODS } from '../lib/directory/user-directory.js'
 import { testConfig } from './helpers/config.js'
 import { CountingDirectory, type Method } from './helpers/counting-directory.js'
 

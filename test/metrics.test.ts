@@ -14,9 +14,9 @@ import { freePort } from '../examples/free-port.js'
 import { startKeycloakLikeIdp } from '../examples/idp/keycloak-like-idp.js'
 import { SsoError } from '../index.js'
 import { diagnosticsChannels, observeLogin, publishAuthRefused, type LoginEvent } from '../lib/diagnostics.js'
-import { callJson } from '../lib/http.js'
-import { RemoteKeySet } from '../lib/keys.js'
-import { fetchUserinfo } from '../lib/oidc-client.js'
+import { callJson } from '../lib/keycloak/http.js'
+import { RemoteKeySet } from '../lib/keycloak/key-set.js'
+import { fetchUserinfo } from '../lib/keycloak/oidc-client.js'
 import { UserAgent } from './helpers/user-agent.js'
 
 interface Sample { name: string, labels: Record<string, string>, value: number }

@@ -109,7 +109,7 @@ t.test('no declaration file imports tap', async (t) => {
   const importsTap = (file: string): boolean =>
     ts.preProcessFile(readFileSync(join(installed, file), 'utf8'), true, true).importedFiles.some((imported) => imported.fileName === 'tap')
   const declarations = files.filter((f) => f.endsWith('.d.ts'))
-  t.ok(declarations.includes('dist/lib/test-directory.d.ts'), 'testDirectory has declarations')
+  t.ok(declarations.includes('dist/lib/directory/test-directory.d.ts'), 'testDirectory has declarations')
   t.strictSame(declarations.filter(importsTap), [])
 })
 

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { chooseSignupTarget, decideSignup, groupNameCandidates, planGroupSync, resolveRole, type Identity, type KeycloakConfigOverrides } from '../index.js'
-import { keycloakManagesRole, whitelistQuery } from '../lib/policy.js'
+import { keycloakManagesRole, whitelistQuery } from '../lib/rules/policy.js'
 import { testConfig } from './helpers/config.js'
 
 const identity = (fields: Partial<Identity> = {}): Identity => ({ subject: 's', emailVerified: true, name: 'N', groups: [], roles: [], ...fields })

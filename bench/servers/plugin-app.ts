@@ -9,8 +9,8 @@ import Fastify from 'fastify'
 import { createVerifier } from 'fast-jwt'
 import { jwtVerify } from 'jose'
 import clearmlKeycloak, { MemoryRevocationStore, type UserDirectory } from '../../index.js'
-import { SessionTokens } from '../../lib/session.js'
-import { isSessionClaims, SessionTokenVerifier } from '../../lib/session-token.js'
+import { SessionTokens } from '../../lib/session/sessions.js'
+import { isSessionClaims, SessionTokenVerifier } from '../../lib/session/token-verifier.js'
 
 const issuer = process.argv[2]
 const sessionCacheMax = process.argv[3] === undefined ? undefined : Number(process.argv[3])

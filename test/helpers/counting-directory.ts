@@ -1,5 +1,5 @@
 import { MemoryDirectory, type UserDirectory } from '../../index.js'
-import { DIRECTORY_METHODS } from '../../lib/directory.js'
+import { DIRECTORY_METHODS } from '../../lib/directory/user-directory.js'
 
 export type Method = typeof DIRECTORY_METHODS[number]
 export const WRITES: Method[] = ['createUser', 'updateUser', 'updateUserGroups']

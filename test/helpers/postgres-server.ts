@@ -28,8 +28,12 @@ export interface PostgresServer {
   /** `postgresql://postgres@127.0.0.1:<port>/postgres` */
   readonly connectionString: string
   readonly port: number
-  /** Fast shutdown (PostgreSQL ends every session and exits); the data stays. */
-  stop: () => Promise<void>
+  /**
+   * Fast shutdown (PostgreSQL ends every session and exits); the data stays. `immediate`: as a crash
+   * would (every backend exits at once without releasing its locks, and recovery runs at the next
+   * start), so no transaction waiting on another's lock can slip through while sessions end.
+   */
+  stop: (options?: { immediate?: boolean }) => Promise<void>
   /** Starts it again on the same port and data; resolves once it accepts connections. */
   start: () => Promise<void>
   /** Stops it if it runs and removes its folder. Safe to call twice. */
@@ -162,10 +166,11 @@ export async function startPostgres (options: PostgresServerOptions = {}): Promi
     }
   }
 
-  async function stop (): Promise<void> {
+  async function stop (options: { immediate?: boolean } = {}): Promise<void> {
     if (child === undefined) return
     // SIGINT is PostgreSQL's "fast" shutdown: it ends every session at once and exits cleanly.
-    child.kill('SIGINT')
+    // SIGQUIT is "immediate": backends quit without cleanup, and the next start recovers from WAL.
+    child.kill(options.immediate === true ? 'SIGQUIT' : 'SIGINT')
     await exited
   }
 

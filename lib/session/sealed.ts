@@ -5,7 +5,7 @@
  */
 import { EncryptJWT, jwtDecrypt, type JWTPayload } from 'jose'
 import { webcrypto } from 'node:crypto'
-import { deriveKey } from './crypto.js'
+import { deriveKey } from '../crypto.js'
 
 export class Sealer {
   // Imported once: jose would otherwise import raw key bytes into WebCrypto on every operation.

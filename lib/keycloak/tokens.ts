@@ -3,9 +3,9 @@
  * `invalid_token` whose message names the check, never the token.
  */
 import { errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey, type JWTVerifyOptions } from 'jose'
-import { settingName } from './config.js'
-import { SsoError } from './errors.js'
-import { timingSafeEqualText } from './crypto.js'
+import { settingName } from '../config/settings.js'
+import { SsoError } from '../errors.js'
+import { timingSafeEqualText } from '../crypto.js'
 
 export interface VerifyOptions {
   issuer: string

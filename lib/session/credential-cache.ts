@@ -1,6 +1,6 @@
 /**
  * The bounded cache of verified credentials that `authenticate` answers from: ClearML session tokens
- * (`session.ts`) and Keycloak access tokens (`bearer.ts`), each kept with what was built from it.
+ * (`sessions.ts`) and Keycloak access tokens (`../keycloak/bearer.ts`), each kept with what was built from it.
  */
 
 /**

@@ -6,8 +6,8 @@
  * A discovery document naming another issuer is refused outright: it is a misconfiguration.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import { issuerOf, settingName, type KeycloakConfig } from './config.js'
-import { SsoError } from './errors.js'
+import { issuerOf, settingName, type KeycloakConfig } from '../config/settings.js'
+import { SsoError } from '../errors.js'
 import { callJson, isJsonObject } from './http.js'
 
 export interface Endpoints {

@@ -11,11 +11,11 @@
  * kept one time in 16 and otherwise verified again on its next request (`CredentialCache`).
  */
 import type { JWTPayload } from 'jose'
-import { CredentialCache, undecided } from './credential-cache.js'
-import type { Company, DirectoryUser } from './directory.js'
-import { SsoError } from './errors.js'
-import type { RevocationStore } from './revocations.js'
-import { keycloakSessionKey, type ClearmlIdentity } from './session.js'
+import { CredentialCache, undecided } from '../session/credential-cache.js'
+import type { Company, DirectoryUser } from '../directory/user-directory.js'
+import { SsoError } from '../errors.js'
+import type { RevocationStore } from '../session/revocations.js'
+import { keycloakSessionKey, type ClearmlIdentity } from '../session/claims.js'
 
 export interface BearerOptions {
   /** Accept Keycloak access tokens in `Authorization: Bearer` (default false). */

@@ -9,7 +9,7 @@
  * tap is loaded only when this function runs without `t`, so it stays out of production imports,
  * and its types stay out of this package's declarations (see `DirectoryContractTest`).
  */
-import type { UserDirectory } from './directory.js'
+import type { UserDirectory } from './user-directory.js'
 import type { DirectoryFixture } from './memory-directory.js'
 
 export type { DirectoryFixture }

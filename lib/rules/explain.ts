@@ -4,13 +4,14 @@
  * its reason — without writing anything. It runs the login's own first half (`planLogin`), so an
  * explanation and the login that follows cannot disagree; only the writes are left out.
  */
-import type { KeycloakConfig } from './config.js'
-import type { DirectoryGroup, UserDirectory } from './directory.js'
-import { SsoError, type SsoErrorCode } from './errors.js'
-import type { Claims, Identity } from './identity.js'
+import type { KeycloakConfig } from '../config/settings.js'
+import type { DirectoryGroup, UserDirectory } from '../directory/user-directory.js'
+import { SsoError, type SsoErrorCode } from '../errors.js'
+import { looksLikeIdentity, type Claims, type Identity } from './identity.js'
 import { planLogin, type LoginPlan, type RoleVerdict, type SignupVerdict, type UserStatus } from './login.js'
-import { fetchUserinfo } from './oidc-client.js'
-import { looksLikeIdentity, userinfoMismatch, type KeycloakSso } from './sso.js'
+import { fetchUserinfo, userinfoMismatch } from '../keycloak/oidc-client.js'
+import type { ProviderEndpoints } from '../keycloak/discovery.js'
+import type { JWTPayload } from 'jose'
 
 /** What `fastify.keycloak.explain` takes: verified claims, an `Identity`, or a Keycloak access token to verify first. */
 export type ExplainInput = Claims | Identity | { accessToken: string }
@@ -40,7 +41,12 @@ export interface Explanation {
 export interface ExplainContext {
   config: KeycloakConfig
   directory: UserDirectory
-  sso: Pick<KeycloakSso, 'verifyAccessToken' | 'mapClaims' | 'endpoints'>
+  /** What explain needs of the SSO service (`KeycloakSso` has it): verify a token, map claims, find userinfo. */
+  sso: {
+    verifyAccessToken: (token: string) => Promise<JWTPayload>
+    mapClaims: (claims: Claims) => Identity
+    endpoints: Pick<ProviderEndpoints, 'get'>
+  }
 }
 
 /** Refusals of steps 3 and 4: the login stops before it has an identity, and explain says why. */

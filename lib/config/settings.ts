@@ -4,12 +4,12 @@
  * the variable an operator would set; secret values never appear in a message or a serialization.
  */
 import { Compile } from 'typebox/compile'
-import { ConfigError, type ConfigProblem } from './errors.js'
+import { ConfigError, type ConfigProblem } from '../errors.js'
 import { hoconText, parseHoconValue, readClearmlEnv, variableFor, type EnvEntry } from './clearml-env.js'
 import {
   KeycloakConfigSchema, PROVIDER_SECTIONS, settingLeaves,
   type KeycloakConfig, type SettingLeaf
-} from '../schemas/config.js'
+} from '../../schemas/config.js'
 
 export type { KeycloakConfig }
 

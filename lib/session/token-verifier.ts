@@ -13,7 +13,7 @@
  */
 import { isAscii } from 'node:buffer'
 import { createHmac, createSecretKey, timingSafeEqual, type KeyObject } from 'node:crypto'
-import type { SessionClaims } from './session.js'
+import type { SessionClaims } from './claims.js'
 
 /** The protected header every token from `SessionTokens.issue` carries: `{"alg":"HS256","typ":"JWT"}`. */
 const ISSUED_HEADER = Buffer.from('{"alg":"HS256","typ":"JWT"}').toString('base64url')

@@ -2,8 +2,8 @@
  * The two calls the login makes to Keycloak on the back channel: the authorization-code exchange
  * (RFC 6749 4.1.3 with PKCE, RFC 7636) and, when configured, the userinfo request.
  */
-import { settingName } from './config.js'
-import { SsoError } from './errors.js'
+import { settingName } from '../config/settings.js'
+import { SsoError } from '../errors.js'
 import { callJson, isJsonObject } from './http.js'
 
 export interface TokenSet {
@@ -89,4 +89,9 @@ export async function fetchUserinfo (options: { endpoint: string, accessToken: s
     throw new SsoError('invalid_token', `userinfo endpoint refused the access token: HTTP ${answer.status}; is ${settingName('userinfoUrl')} (or discovery's userinfo_endpoint) this realm's userinfo endpoint?`)
   }
   return answer.body
+}
+
+/** Why a userinfo answer about someone else is refused, and what to check. */
+export function userinfoMismatch (): string {
+  return `userinfo's sub differs from the token's: ${settingName('userinfoUrl')} (or discovery's userinfo_endpoint) must be this realm's userinfo endpoint`
 }

@@ -7,9 +7,9 @@
  */
 import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http'
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
-import { settingName } from './config.js'
-import { observeIdpCall } from './diagnostics.js'
-import { SsoError } from './errors.js'
+import { settingName } from '../config/settings.js'
+import { observeIdpCall } from '../diagnostics.js'
+import { SsoError } from '../errors.js'
 
 export const MAX_RESPONSE_BYTES = 1024 * 1024
 

@@ -6,9 +6,9 @@
  * happens before any write, so a refusal leaves the directory untouched, and the number of directory
  * calls is constant, whatever the number of groups.
  */
-import { settingName, type KeycloakConfig } from './config.js'
-import { DIRECTORY_METHODS, type Company, type DirectoryGroup, type DirectoryUser, type Role, type UserDirectory, type UserPatch } from './directory.js'
-import { SsoError, type SsoErrorCode } from './errors.js'
+import { settingName, type KeycloakConfig } from '../config/settings.js'
+import { DIRECTORY_METHODS, type Company, type DirectoryGroup, type DirectoryUser, type Role, type UserDirectory, type UserPatch } from '../directory/user-directory.js'
+import { SsoError, type SsoErrorCode } from '../errors.js'
 import type { Identity } from './identity.js'
 import {
   adminGroupsOf, chooseSignupTarget, decideSignup, groupNameCandidates, keycloakManagesRole, planGroupSync, resolveRole, whitelistQuery,

@@ -3,9 +3,9 @@
  * signup gating, the role, and the group-sync plan (SPEC section 5 steps 6–8). They decide; the
  * login pipeline applies their decisions through the directory.
  */
-import type { KeycloakConfig } from './config.js'
-import type { Company, DirectoryGroup, Role, WhitelistEntry } from './directory.js'
-import type { SsoErrorCode } from './errors.js'
+import type { KeycloakConfig } from '../config/settings.js'
+import type { Company, DirectoryGroup, Role, WhitelistEntry } from '../directory/user-directory.js'
+import type { SsoErrorCode } from '../errors.js'
 import type { Identity } from './identity.js'
 
 export type GroupsConfig = Pick<KeycloakConfig['groups'], 'enabled' | 'caseSensitive' | 'admins' | 'prohibitUserSignupIfNotInGroup'>

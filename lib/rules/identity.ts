@@ -1,8 +1,8 @@
 /**
  * Keycloak claims → `Identity` (SPEC section 5 step 4). Pure: the claims come already verified.
  */
-import { SsoError } from './errors.js'
-import { settingName, type KeycloakConfig } from './config.js'
+import { SsoError } from '../errors.js'
+import { settingName, type KeycloakConfig } from '../config/settings.js'
 
 export interface Identity {
   subject: string
@@ -86,4 +86,9 @@ export function mapClaims (config: Pick<KeycloakConfig, 'claims' | 'groups' | 'c
     roles,
     rolesClaimPresent: present
   }
+}
+
+/** Whether `value` is an `Identity` already (a host built it) rather than claims to map. */
+export function looksLikeIdentity (value: Claims | Identity): value is Identity {
+  return typeof value.subject === 'string' && Array.isArray(value.groups) && Array.isArray(value.roles) && typeof value.emailVerified === 'boolean'
 }

@@ -12,8 +12,8 @@
  * keeps. Two tabs still log in side by side, each in its own slot.
  */
 import { createHash } from 'node:crypto'
-import { SsoError } from './errors.js'
-import { randomToken, timingSafeEqualText } from './crypto.js'
+import { SsoError } from '../errors.js'
+import { randomToken, timingSafeEqualText } from '../crypto.js'
 import { Sealer } from './sealed.js'
 
 export const TRANSACTION_TTL_SEC = 600

@@ -3,46 +3,17 @@
  * authenticated request. Verified tokens are cached with the identity already built (least recently
  * used evicted first; see `CredentialCache`), so a hit costs one map look-up, an expiry comparison and
  * the revocation check.
- * A token not in the cache is verified synchronously (`session-token.ts`), so the cost of a request
+ * A token not in the cache is verified synchronously (`token-verifier.ts`), so the cost of a request
  * hardly depends on how many sessions are active (docs/performance.md, "Many sessions").
  */
 import { webcrypto } from 'node:crypto'
 import { SignJWT } from 'jose'
-import type { Company, DirectoryUser, Role } from './directory.js'
-import { randomToken } from './crypto.js'
+import type { Company, DirectoryUser } from '../directory/user-directory.js'
+import { randomToken } from '../crypto.js'
 import type { RevocationStore } from './revocations.js'
-import { epochSeconds, SessionTokenVerifier } from './session-token.js'
+import { epochSeconds, SessionTokenVerifier } from './token-verifier.js'
 import { CredentialCache, undecided } from './credential-cache.js'
-
-export interface SessionIdentity {
-  company: string
-  user: string
-  user_name: string
-  role: Role
-  company_name: string
-}
-
-export interface SessionClaims {
-  auth_type: 'Bearer'
-  identity: SessionIdentity
-  session_id: string
-  sso?: { provider: string, sid?: string }
-  iat: number
-  exp: number
-}
-
-/** Which kind of credential a request presented (SPEC section 10). */
-export type CredentialKind = 'session' | 'keycloak'
-
-/**
- * What `authenticate` puts on `request.clearmlIdentity`: the identity, the session id (a Keycloak
- * token's `sid`) and expiry, and which kind of credential it came from.
- */
-export interface ClearmlIdentity extends SessionIdentity {
-  session_id: string
-  exp: number
-  credential: CredentialKind
-}
+import { keycloakSessionKey, type ClearmlIdentity, type SessionClaims, type SessionIdentity } from './claims.js'
 
 /** A verified session: the token's claims, and the identity built from them once. */
 export interface VerifiedSession {
@@ -51,11 +22,6 @@ export interface VerifiedSession {
   identity: Readonly<ClearmlIdentity>
   /** Revocation key of its Keycloak session, when it has one (back-channel logout). */
   keycloakSessionKey?: string
-}
-
-/** Revocation key under which a back-channel logout revokes every session of one Keycloak session. */
-export function keycloakSessionKey (sid: string): string {
-  return `keycloak-sid:${sid}`
 }
 
 export interface IssuedSession {

@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto'
 import type {
   Company, DirectoryGroup, DirectoryUser, LinkedIdentity, NewUser, UserDirectory, UserPatch, WhitelistEntry
-} from './directory.js'
+} from './user-directory.js'
 
 /** ClearML ids are 32 hex characters. */
 const newId = (): string => randomUUID().replace(/-/g, '')

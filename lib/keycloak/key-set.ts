@@ -12,9 +12,9 @@
  * cooldown is their own, so a forged token can never hold off the reload a login needs.
  */
 import { createLocalJWKSet, errors, type JWTVerifyGetKey } from 'jose'
-import { publishJwksFetch, type JwksFetchReason } from './diagnostics.js'
-import { SsoError } from './errors.js'
-import { settingName } from './config.js'
+import { publishJwksFetch, type JwksFetchReason } from '../diagnostics.js'
+import { SsoError } from '../errors.js'
+import { settingName } from '../config/settings.js'
 import { callJson, isJsonObject } from './http.js'
 
 export interface KeySetOptions {
