@@ -4,20 +4,32 @@
  * synchronously from memory; a shared store (Redis) keeps a local copy fed by pub/sub rather than
  * asking the server per request.
  */
+import type { SessionFollowStore } from './follow-store.js'
 
 /** Where a store reports what an operator must know (a pino logger fits). */
 export interface StoreLog {
   warn(object: Record<string, unknown>, message: string): void
 }
 
-export interface RevocationStore {
-  /** Remembers that `sessionId` is revoked until `expiresAt` (seconds since the epoch). */
-  revoke(sessionId: string, expiresAt: number): Promise<void>
+/**
+ * The store of revocations every replica shares. Beyond `revoke` and `isRevoked`, each group of
+ * optional methods is a capability the plugin uses when the store has it and replaces with an
+ * in-process one when not: `claimOnce` (single-use logins), `setValue`/`takeValue` (server-side
+ * values), and `SessionFollowStore` (sessions that follow Keycloak, `follow-store.ts`).
+ */
+export interface RevocationStore extends Partial<SessionFollowStore> {
   /**
-   * Whether `sessionId` is revoked. `issuedAt` (seconds) is the session's `iat`: a store that had to
-   * forget revocations refuses every session issued before it forgot (fail closed).
+   * Remembers that `sessionId` is revoked until `expiresAt` (seconds since the epoch). `owner` is
+   * the ClearML user the session belongs to, when known: a bounded store that must forget refuses
+   * only that owner's older sessions.
    */
-  isRevoked(sessionId: string, issuedAt?: number): boolean | Promise<boolean>
+  revoke(sessionId: string, expiresAt: number, owner?: string): Promise<void>
+  /**
+   * Whether `sessionId` is revoked. `issuedAt` (seconds) is the session's `iat` and `owner` its
+   * ClearML user: a store that had to forget revocations refuses the sessions issued before it
+   * forgot, of the owners whose revocations it forgot (fail closed).
+   */
+  isRevoked(sessionId: string, issuedAt?: number, owner?: string): boolean | Promise<boolean>
   /**
    * True the first time `key` is claimed, false for every later claim until `expiresAt` (seconds).
    * A login transaction is claimed through it, so a callback replayed on another replica is refused.
