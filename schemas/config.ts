@@ -51,6 +51,15 @@ export const GroupsSchema = Type.Object({
   caseSensitive: Bool(services('groups.case_sensitive'), true, 'match group names case-sensitively')
 }, { additionalProperties: false })
 
+export const SessionSchema = Type.Object({
+  revalidateSec: Type.Integer(annotate(services('session.revalidate_sec'), 'integer',
+    'how often a session in use is checked at Keycloak with its refresh token; `0` turns it off (plugin setting; README "Sessions follow Keycloak")',
+    { default: 300, minimum: 0, maximum: 86400 })),
+  follows: Type.Union([Type.Literal('user'), Type.Literal('sso_session')], annotate(services('session.follows'), 'string',
+    '`user`: an offline token, the session ends when Keycloak refuses the user; `sso_session`: an online token, it also ends with Keycloak\'s SSO session (plugin setting)',
+    { default: 'user' }))
+}, { additionalProperties: false })
+
 export const KeycloakConfigSchema = Type.Object({
   baseUrl: Url(services('base_url'),
     'realm URL, e.g. `https://kc.example.com/realms/clearml`: the token issuer and the discovery root; required unless every endpoint is given'),
@@ -72,6 +81,7 @@ export const KeycloakConfigSchema = Type.Object({
   groups: GroupsSchema,
   scope: Text(services('scope'), 'openid profile email', 'scopes requested at Keycloak'),
   displayName: Text(services('display_name'), 'Keycloak', 'login button text'),
+  session: SessionSchema,
   trustUnverifiedEmail: Bool(services('trust_unverified_email'), false,
     'let the whitelist admit emails Keycloak has not verified (plugin setting; for realms whose administrators create users without verification)'),
   algorithms: Type.Array(Type.String({ minLength: 1 }), annotate(services('algorithms'), 'list',

@@ -68,8 +68,11 @@ t.test('defaults of SPEC 3.2 with only the required keys', async (t) => {
     displayName: 'Keycloak',
     sessionCookieName: 'clearml_token_basic',
     sessionExpirationSec: 2592000,
-    algorithms: ['RS256']
+    algorithms: ['RS256'],
+    session: { revalidateSec: 300, follows: 'user' }
   })
+  t.strictSame(loadConfig({ ...minimal, [`${KC}session__revalidate_sec`]: '0', [`${KC}session__follows`]: '"sso_session"' }).session,
+    { revalidateSec: 0, follows: 'sso_session' }, 'sessions that follow Keycloak: turned off, or following the SSO session')
   t.equal(config.defaultCompany, undefined)
   t.equal(config.tokenSecret, undefined)
   t.ok(Object.isFrozen(config) && Object.isFrozen(config.groups.admins), 'the resolved config cannot be changed by accident')
@@ -221,7 +224,10 @@ t.test('every missing or malformed key is reported at once, named by its variabl
     ['unexpanded variable without braces', { [`${KCS}client_id`]: '$KEYCLOAK_AUTH_CLIENT_ID' }, `${KCS}client_id looks like an unexpanded shell variable (the value is literally \`$KEYCLOAK_AUTH_CLIENT_ID\`)`],
     // eslint-disable-next-line no-template-curly-in-string
     ['an unexpanded secret is named, its text is not shown', { [`${KCS}client_secret`]: '${KEYCLOAK_AUTH_CLIENT_SECRET}' }, `${KCS}client_secret looks like an unexpanded shell variable (the value is literally \`\${…}\`)`],
-    ['empty client_secret', { [`${KCS}client_secret`]: '' }, `${KCS}client_secret is required`]
+    ['empty client_secret', { [`${KCS}client_secret`]: '' }, `${KCS}client_secret is required`],
+    ['revalidation period negative', { [`${KC}session__revalidate_sec`]: '-1' }, `${KC}session__revalidate_sec must be >= 0`],
+    ['revalidation period in minutes', { [`${KC}session__revalidate_sec`]: '5m' }, `${KC}session__revalidate_sec must be a whole number`],
+    ['follows a word it does not know', { [`${KC}session__follows`]: 'forever' }, `${KC}session__follows must be one of "user", "sso_session"`]
   ]
   for (const [name, env, expected] of malformed) {
     t.strictSame(problemsOf({ ...minimal, ...env }), [expected], name)

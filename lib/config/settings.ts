@@ -83,6 +83,14 @@ function setPath (object: Record<string, unknown>, key: string[], value: unknown
   node[key[key.length - 1]] = value
 }
 
+/** Settings that take one of a few words: their error names the words (the schema's own says "must be equal to constant"). */
+const CHOICES = new Map(LEAVES.flatMap((leaf): Array<[string, string]> => {
+  const choices = (leaf.schema as { anyOf?: Array<{ const?: unknown }> }).anyOf?.map((option) => option.const)
+  return choices !== undefined && choices.every((choice) => typeof choice === 'string')
+    ? [[leaf.key.join('.'), `must be one of ${choices.map((choice) => JSON.stringify(choice)).join(', ')}`]]
+    : []
+}))
+
 const SECTIONS = new Set(LEAVES.flatMap((leaf) => leaf.key.slice(0, -1).map((_, i) => leaf.key.slice(0, i + 1).join('.'))))
 const LEAF_KEYS = new Set(LEAVES.map((leaf) => leaf.key.join('.')))
 
@@ -181,7 +189,7 @@ export function readConfig (env: Record<string, string | undefined> = process.en
     // Errors above a leaf (a section replaced by a non-object) are reported on its leaves.
     if (owner === undefined || problems.some((p) => p.variable === nameOf.get(owner))) continue
     // The message comes from the schema, never from the value, so secrets stay out of it.
-    problems.push({ variable: nameOf.get(owner)!, message: error.message })
+    problems.push({ variable: nameOf.get(owner)!, message: CHOICES.get(owner) ?? error.message })
   }
 
   for (const leaf of LEAVES) {
