@@ -25,3 +25,31 @@ export function deriveKey (secret: string, purpose: string): Uint8Array {
 export function pkceChallenge (verifier: string): string {
   return createHash('sha256').update(verifier).digest('base64url')
 }
+
+/** Longest compact JWS the plugin reads: ClearML sessions are under 1 KB, Keycloak access tokens a few KB. */
+export const MAX_COMPACT_JWS = 16 * 1024
+
+// For a segment whose length is 2 or 3 modulo 4, the characters its last one may be: those whose
+// bits beyond the last whole byte are zero. Decoders ignore those bits, so any other last character
+// is another spelling of the same bytes.
+const LAST_OF_2 = /[AQgw]$/
+const LAST_OF_3 = /[AEIMQUYcgkosw048]$/
+const COMPACT = /^([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)$/
+
+/**
+ * Whether a token is a compact JWS in the one spelling an encoder writes: three segments of the
+ * base64url alphabet without padding, whitespace or non-zero trailing bits (RFC 7515 section 2;
+ * RFC 4648 section 3.5, canonical encoding), and bounded in length. Decoders (jose's included)
+ * accept other spellings of the same token; accepting only this one keeps one token one credential.
+ */
+export function isCanonicalCompactJws (token: string): boolean {
+  if (token.length > MAX_COMPACT_JWS) return false
+  const match = COMPACT.exec(token)
+  if (match === null) return false
+  for (let i = 1; i <= 3; i++) {
+    const segment = match[i]
+    const rest = segment.length % 4
+    if (rest === 1 || (rest === 2 && !LAST_OF_2.test(segment)) || (rest === 3 && !LAST_OF_3.test(segment))) return false
+  }
+  return true
+}

@@ -18,7 +18,8 @@ export const diagnosticsChannels = {
   login: 'fastify-clearml-keycloak:login',
   idpCall: 'fastify-clearml-keycloak:idp-call',
   jwksFetch: 'fastify-clearml-keycloak:jwks-fetch',
-  authRefused: 'fastify-clearml-keycloak:auth-refused'
+  authRefused: 'fastify-clearml-keycloak:auth-refused',
+  revalidate: 'fastify-clearml-keycloak:revalidate'
 } as const
 
 /**
@@ -35,7 +36,7 @@ export interface LoginEvent {
   durationMs: number
 }
 
-export type IdpEndpoint = 'discovery' | 'token' | 'userinfo' | 'jwks'
+export type IdpEndpoint = 'discovery' | 'token' | 'userinfo' | 'jwks' | 'revocation'
 
 /** One HTTP call to Keycloak. `status` is 0 when no usable answer came (unreachable, timed out, oversized). */
 export interface IdpCallEvent {
@@ -61,10 +62,24 @@ export interface AuthRefusedEvent {
   credential?: CredentialKind
 }
 
+/**
+ * One revalidation of a session at Keycloak (SPEC section 12.7): `ok` (Keycloak confirmed it;
+ * `changed` names what followed: `role`, `groups`, profile fields), `ended` (Keycloak refused it, or
+ * its user is gone; `reason` says which), `unavailable` (no usable answer; the session continues).
+ * Never a token.
+ */
+export interface RevalidateEvent {
+  outcome: 'ok' | 'ended' | 'unavailable'
+  reason?: string
+  changed?: string[]
+  durationMs: number
+}
+
 const loginChannel = channel(diagnosticsChannels.login)
 const idpCallChannel = channel(diagnosticsChannels.idpCall)
 const jwksFetchChannel = channel(diagnosticsChannels.jwksFetch)
 const authRefusedChannel = channel(diagnosticsChannels.authRefused)
+const revalidateChannel = channel(diagnosticsChannels.revalidate)
 
 /** The login of `run`, timed and published; `createdOf` reads from its result whether a user was created. */
 export async function observeLogin<T> (run: () => Promise<T>, createdOf: (result: T) => boolean): Promise<T> {
@@ -92,7 +107,8 @@ const ENDPOINT_OF_CALL: Readonly<Record<string, IdpEndpoint>> = {
   discovery: 'discovery',
   'token endpoint': 'token',
   'userinfo endpoint': 'userinfo',
-  'key set (jwks)': 'jwks'
+  'key set (jwks)': 'jwks',
+  'revocation endpoint': 'revocation'
 }
 
 /** The call of `run` to Keycloak, timed and published with the HTTP status it answered. */
@@ -121,4 +137,13 @@ export function publishAuthRefused (code: string, credential?: CredentialKind): 
   if (!authRefusedChannel.hasSubscribers) return
   const event: AuthRefusedEvent = credential === undefined ? { code } : { code, credential }
   authRefusedChannel.publish(event)
+}
+
+export function publishRevalidate (event: RevalidateEvent): void {
+  if (revalidateChannel.hasSubscribers) revalidateChannel.publish(event)
+}
+
+/** Whether anyone listens for revalidations: the clock is read only then. */
+export function revalidateObserved (): boolean {
+  return revalidateChannel.hasSubscribers
 }

@@ -15,6 +15,9 @@ export const SSO_ERROR_STATUS = {
   email_not_verified: 403,
   unknown_company: 403,
   no_matching_group: 403,
+  // Keycloak refused the session's refresh token (SPEC section 12): the user was disabled, deleted or
+  // signed out there.
+  session_ended: 401,
   // Not in SPEC's list: a non-admin session asking login.sso_explain.
   admin_required: 403,
   bad_request: 400,

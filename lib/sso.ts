@@ -23,6 +23,7 @@ import { keycloakSessionKey } from './session/claims.js'
 import { SessionTokens, type VerifiedSession } from './session/sessions.js'
 import { slotForNewLogin, TransactionCodec, type LoginTransaction } from './session/transaction.js'
 import { verifyAccessToken, verifyIdToken, verifyLogoutToken, type VerifyOptions } from './keycloak/tokens.js'
+import { KeycloakFollowing, withoutProtocolClaims } from './follow-keycloak.js'
 
 export interface IssueTokenContext {
   company: Company
@@ -103,6 +104,8 @@ export class KeycloakSso {
   readonly #verifyOptions: VerifyOptions
   /** Tokens anyone could have sent: unknown `kid`s force at most one reload per cooldown. */
   readonly #untrustedVerifyOptions: VerifyOptions
+  /** Sessions that follow Keycloak (SPEC section 12); absent when `revalidate_sec` is 0. */
+  readonly following: KeycloakFollowing | undefined
 
   constructor (options: SsoServiceOptions) {
     const { config } = options
@@ -132,11 +135,17 @@ export class KeycloakSso {
       (async (key: string, expiresAt: number) => localClaims.claim(key, expiresAt))
     this.#transactions = new TransactionCodec(sealingSecret, claimOnce)
     this.#idTokens = new Sealer(sealingSecret, ID_TOKEN_PURPOSE)
+    // Sessions follow Keycloak (SPEC section 12) unless `revalidate_sec` is 0, and only the plugin's
+    // own session tokens: a host's `issueToken` tokens are verified by the host.
+    this.following = config.session.revalidateSec > 0 && options.issueToken === undefined
+      ? new KeycloakFollowing({ config, directory: options.directory, endpoints: this.endpoints, verifyOptions: this.#verifyOptions, revocations: options.revocations, sealingSecret, log: options.log, memoryMax: options.sessionCacheMax })
+      : undefined
     this.sessions = new SessionTokens({
       secret: config.tokenSecret,
       lifetimeSec: config.sessionExpirationSec,
       revocations: options.revocations,
-      cacheMax: options.sessionCacheMax
+      cacheMax: options.sessionCacheMax,
+      follow: this.following?.sessions
     })
   }
 
@@ -152,7 +161,7 @@ export class KeycloakSso {
     url.searchParams.set('response_type', 'code')
     url.searchParams.set('client_id', this.config.clientId)
     url.searchParams.set('redirect_uri', transaction.redirectUri)
-    url.searchParams.set('scope', this.config.scope)
+    url.searchParams.set('scope', this.following?.scope(this.config.scope) ?? this.config.scope)
     url.searchParams.set('state', transaction.state)
     url.searchParams.set('nonce', transaction.nonce)
     url.searchParams.set('code_challenge', pkceChallenge(transaction.verifier))
@@ -209,9 +218,9 @@ export class KeycloakSso {
     const identity = this.mapClaims({ ...withoutProtocolClaims(idClaims), ...infoClaims })
     const result = await runLogin(this.config, this.#directory, identity)
 
-    // 10. Session
+    // 10. Session, with its refresh token kept first when it follows Keycloak (SPEC section 12)
     const sid = typeof idClaims.sid === 'string' ? idClaims.sid : undefined
-    const session = await this.#issueSession(result, identity, sid)
+    const session = await this.#issueSession(result, identity, sid, tokens.refreshToken, idClaims.sub!)
     const idTokenCookie = this.config.idpLogout ? await this.#keepIdToken(tokens.idToken, session.expiresAt) : undefined
     this.#log.info({ user: result.user.id, company: result.company.id, created: result.created, role: result.role, groups: result.groups }, 'Keycloak login')
     return { transaction, result, ...session, idTokenCookie }
@@ -255,7 +264,7 @@ export class KeycloakSso {
     }
   }
 
-  async #issueSession (result: LoginResult, identity: Identity, sid: string | undefined): Promise<{ token: string, sessionId: string, expiresAt: number }> {
+  async #issueSession (result: LoginResult, identity: Identity, sid: string | undefined, refreshToken: string | undefined, subject: string): Promise<{ token: string, sessionId: string, expiresAt: number }> {
     if (this.#issueToken !== undefined) {
       const sessionId = this.sessions.newSessionId()
       const expiresAt = this.sessions.expiresAt()
@@ -268,7 +277,9 @@ export class KeycloakSso {
       }
       return { token, sessionId, expiresAt }
     }
-    return await this.sessions.issue(result.user, result.company, this.sessions.newSessionId(), sid)
+    const sessionId = this.sessions.newSessionId()
+    const follows = await this.following?.keep(sid === undefined ? { session: sessionId } : { session: sessionId, keycloakSession: sid }, subject, refreshToken, this.sessions.expiresAt())
+    return await this.sessions.issue(result.user, result.company, sessionId, sid, follows)
   }
 
   mapClaims (claims: Claims): Identity {
@@ -327,8 +338,22 @@ export class KeycloakSso {
   async backchannelLogout (logoutToken: string): Promise<void> {
     // Anyone can post to this route: its tokens must not force key-set reloads at will.
     const claims = await verifyLogoutToken(logoutToken, this.#untrustedVerifyOptions)
-    await this.#revocations.revoke(keycloakSessionKey(claims.sid), this.sessions.expiresAt())
+    await this.#revocations.revoke(keycloakSessionKey(claims.sid), this.sessions.expiresAt(), await this.#ownerOf(claims.sub))
     this.#log.info({ keycloak_sid: claims.sid }, 'Keycloak back-channel logout')
+    await this.following?.forgetKeycloakSession(claims.sid)
+  }
+
+  /**
+   * The ClearML user of a Keycloak subject, as the owner of a revocation (a bounded store then fails
+   * closed for that user alone); `undefined` when the logout token names none or the directory fails.
+   */
+  async #ownerOf (subject: string | undefined): Promise<string | undefined> {
+    if (subject === undefined) return undefined
+    try {
+      return (await this.#directory.findUserByIdentity(PROVIDER, subject))?.id
+    } catch {
+      return undefined
+    }
   }
 
   /**
@@ -339,7 +364,11 @@ export class KeycloakSso {
    */
   async logout (token: string | undefined, idTokenCookie: string | undefined, postLogoutRedirectUri: string): Promise<{ redirectUrl?: string }> {
     const session = await this.verifySession(token)
-    if (session !== null) await this.#revocations.revoke(session.claims.session_id, session.claims.exp)
+    if (session !== null) {
+      const { session_id: sessionId, exp, sso } = session.claims
+      await this.#revocations.revoke(sessionId, exp, session.identity.user)
+      if (sso?.follows !== undefined) await this.following?.forget(sso.sid === undefined ? { session: sessionId } : { session: sessionId, keycloakSession: sso.sid })
+    }
     const hadIdToken = idTokenCookie !== undefined && idTokenCookie !== ''
     if (!this.config.idpLogout || (session === null && !hadIdToken)) return {}
     const idToken = hadIdToken ? await this.#recallIdToken(idTokenCookie) : undefined
@@ -353,10 +382,4 @@ export class KeycloakSso {
     url.searchParams.set('post_logout_redirect_uri', postLogoutRedirectUri)
     return { redirectUrl: url.href }
   }
-}
-
-/** ID-token claims that describe the token, not the user, and must not shadow user claims. */
-function withoutProtocolClaims (claims: JWTPayload): Claims {
-  const { aud, azp, nonce, typ, at_hash: atHash, c_hash: cHash, auth_time: authTime, exp, iat, ...rest } = claims
-  return rest
 }

@@ -56,6 +56,15 @@ export function authenticator (options: { sso: KeycloakSso, bearer?: KeycloakBea
     await reply.code(error.statusCode).send(errorEnvelope('authenticate', error.statusCode, error.code))
   }
 
+  // A session Keycloak ended says so (SPEC 12.3): the user learns that logging in again is the answer.
+  const refuseSession = async (request: FastifyRequest, reply: FastifyReply, token: string): Promise<void> => {
+    const ended = await sso.sessions.refusalOf(token) === 'session_ended'
+    const error = ended
+      ? new SsoError('session_ended', 'Keycloak ended this session (the user was disabled, deleted or signed out there): log in again')
+      : new SsoError('invalid_token', 'the session token is invalid, expired or revoked: log in again')
+    await refuse(request, reply, error, 'session')
+  }
+
   const slowAuthenticate = async (request: FastifyRequest, reply: FastifyReply, token: string | undefined, fromHeader: boolean): Promise<void> => {
     if (token === undefined) return await refuse(request, reply, new SsoError('invalid_token', 'no session cookie and no bearer token: log in'))
     const session = await sso.verifySession(token)
@@ -63,9 +72,7 @@ export function authenticator (options: { sso: KeycloakSso, bearer?: KeycloakBea
       request.clearmlIdentity = session.identity
       return
     }
-    if (!fromHeader || bearer === undefined) {
-      return await refuse(request, reply, new SsoError('invalid_token', 'the session token is invalid, expired or revoked: log in again'), 'session')
-    }
+    if (!fromHeader || bearer === undefined || sso.sessions.isSessionToken(token)) return await refuseSession(request, reply, token)
     try {
       request.clearmlIdentity = await bearer.verify(token)
     } catch (err) {
@@ -99,7 +106,9 @@ export function authenticator (options: { sso: KeycloakSso, bearer?: KeycloakBea
     if (identity === undefined || token === undefined) {
       pending = slowAuthenticate(request, reply, token, fromHeader)
     } else if (identity === null) {
-      pending = refuse(request, reply, new SsoError('invalid_token', 'the credential expired, or its session was logged out: log in again'), kind)
+      pending = kind === 'session'
+        ? refuseSession(request, reply, token)
+        : refuse(request, reply, new SsoError('invalid_token', 'the credential expired, or its session was logged out: log in again'), kind)
     } else {
       request.clearmlIdentity = identity
       if (done === undefined) return Promise.resolve()

@@ -21,6 +21,7 @@ import clearmlKeycloak, { MemoryDirectory } from '../index.js'
 import { KC, KC_SECURE, startStack, TOKEN_SECRET } from './helpers/stack.js'
 import { obtainTokens } from './helpers/tokens.js'
 import { recordUnhandledRejections } from './helpers/unhandled.js'
+import { isCanonicalCompactJws } from '../lib/crypto.js'
 
 const SECRET = 'fast-path-secret-of-thirty-two-bytes!'
 const NOW = 1_800_000_000
@@ -295,7 +296,7 @@ t.test('session tokens: what an issued token carries, and the synchronous checks
   const later: unknown[] = []
   const asynchronous = new SessionTokens({ secret: SECRET, lifetimeSec: 3600, revocations: { revoke: async () => {}, isRevoked: async (id: string) => { later.push(id); return false } } })
   t.ok(await asynchronous.verify(plain.token))
-  t.strictSame(later, ['s-plain', 's-plain'], 'with an asynchronous store too: asked on the synchronous path, then awaited')
+  t.strictSame(later, ['s-plain'], 'with an asynchronous store: asked once, and awaited')
 
   // A token signed with the token secret but without an `sso` claim, as ClearML's own login issues.
   const clearmlOwn = signed(ISSUED_HEADER, json({ ...CLAIMS, sso: undefined, iat: now - 60, exp: now + 600 }))
@@ -529,4 +530,28 @@ t.test('a bad sessionCacheMax fails at register time with a clear message', asyn
   t.teardown(async () => { await app.close() })
   const env = { [`${KC}base_url`]: 'http://127.0.0.1:9/realms/clearml', [`${KC_SECURE}client_id`]: 'clearml', [`${KC_SECURE}client_secret`]: 'secret', CLEARML__secure__auth__token_secret: TOKEN_SECRET }
   await t.rejects(async () => { await app.register(clearmlKeycloak, { directory: new MemoryDirectory(), webappUrl: 'https://clearml.example.com', env, sessionCacheMax: -5 }) }, { name: 'TypeError', message: /"sessionCacheMax" must be a whole number, 0 or more/ })
+})
+
+t.test('property: a compact JWS has one canonical spelling, and only that one is read', async (t) => {
+  const segment = fc.uint8Array({ minLength: 1, maxLength: 96 }).map((bytes) => Buffer.from(bytes).toString('base64url'))
+  fc.assert(fc.property(segment, segment, segment, (header, payload, signature) => isCanonicalCompactJws(`${header}.${payload}.${signature}`)), { numRuns: 500 })
+  // Every other spelling decoders take for the same bytes: padding, whitespace, other trailing bits.
+  const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+  fc.assert(fc.property(fc.uint8Array({ minLength: 1, maxLength: 64 }), fc.nat(), (bytes, pick) => {
+    const canonical = Buffer.from(bytes).toString('base64url')
+    const variants = [canonical + '=', canonical.slice(0, 1) + ' ' + canonical.slice(1), canonical + '\n']
+    if (canonical.length % 4 !== 0) {
+      const last = BASE64URL.indexOf(canonical.at(-1)!)
+      const unused = canonical.length % 4 === 2 ? 15 : 3
+      const other = BASE64URL[(last & ~unused) | (1 + (pick % unused))]
+      t.strictSame(Buffer.from(canonical.slice(0, -1) + other, 'base64url'), Buffer.from(bytes), 'the same bytes to a decoder')
+      variants.push(canonical.slice(0, -1) + other)
+    }
+    return variants.every((variant) => !isCanonicalCompactJws(`${canonical}.${canonical}.${variant}`) && !isCanonicalCompactJws(`${variant}.${canonical}.${canonical}`))
+  }), { numRuns: 300 })
+  t.notOk(isCanonicalCompactJws('a.b'), 'two segments')
+  t.notOk(isCanonicalCompactJws('AA.AA.AA.AA'), 'four segments')
+  t.notOk(isCanonicalCompactJws('AA..AA'), 'an empty segment')
+  t.notOk(isCanonicalCompactJws('AAAAA.AA.AA'), 'a length no encoder writes (4n + 1)')
+  t.notOk(isCanonicalCompactJws(`${'A'.repeat(16 * 1024)}.AA.AA`), 'longer than any token the plugin reads')
 })

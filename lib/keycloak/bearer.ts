@@ -12,6 +12,7 @@
  */
 import type { JWTPayload } from 'jose'
 import { CredentialCache, undecided } from '../session/credential-cache.js'
+import { isCanonicalCompactJws } from '../crypto.js'
 import type { Company, DirectoryUser } from '../directory/user-directory.js'
 import { SsoError } from '../errors.js'
 import type { RevocationStore } from '../session/revocations.js'
@@ -68,7 +69,7 @@ export class KeycloakBearerTokens {
       return null
     }
     if (verified.keycloakSessionKey === undefined) return verified.identity
-    const ended = this.#deps.revocations.isRevoked(verified.keycloakSessionKey, verified.iat)
+    const ended = this.#deps.revocations.isRevoked(verified.keycloakSessionKey, verified.iat, verified.identity.user)
     if (ended === false) return verified.identity
     return ended === true ? null : undecided(ended)
   }
@@ -79,10 +80,15 @@ export class KeycloakBearerTokens {
    * answering asynchronously) is not verified again: only its revocation is awaited.
    */
   async verify (token: string): Promise<Readonly<ClearmlIdentity>> {
+    // Decoders accept other spellings of one token (whitespace, padding, trailing bits): each would
+    // be a new cache entry and a new directory look-up. Keycloak writes the canonical one only.
+    if (!isCanonicalCompactJws(token)) throw new SsoError('invalid_token', 'the bearer token is not a JWT in its compact, canonical form')
     const verified = this.#cache.get(token) ?? await this.#verifyShared(token)
-    if (verified.keycloakSessionKey !== undefined && await this.#deps.revocations.isRevoked(verified.keycloakSessionKey, verified.iat)) {
+    if (verified.keycloakSessionKey !== undefined && await this.#deps.revocations.isRevoked(verified.keycloakSessionKey, verified.iat, verified.identity.user)) {
       throw new SsoError('invalid_token', 'the Keycloak session of this token was logged out (back-channel logout)')
     }
+    // Cached only once it passed: a logged-out token is never admitted.
+    if (!this.#cache.has(token)) this.#cache.add(token, verified)
     return verified.identity
   }
 
@@ -115,7 +121,6 @@ export class KeycloakBearerTokens {
       iat: claims.iat!,
       keycloakSessionKey: sid === undefined ? undefined : keycloakSessionKey(sid)
     }
-    this.#cache.add(token, verified)
     return verified
   }
 }

@@ -17,6 +17,8 @@ export interface Endpoints {
   userinfo?: string
   jwks: string
   endSession?: string
+  /** RFC 7009 token revocation (Keycloak: `.../protocol/openid-connect/revoke`). */
+  revocation: string
 }
 
 type EndpointConfig = Pick<KeycloakConfig, 'baseUrl' | 'authorizeUrl' | 'accessTokenUrl' | 'userinfoUrl' | 'jwksUrl' | 'logoutUrl' | 'httpTimeoutMs'>
@@ -27,6 +29,7 @@ interface Discovered {
   userinfo_endpoint?: string
   jwks_uri?: string
   end_session_endpoint?: string
+  revocation_endpoint?: string
 }
 
 const pick = (document: Record<string, unknown>, key: keyof Discovered): string | undefined =>
@@ -59,7 +62,8 @@ export class ProviderEndpoints {
       token: c.accessTokenUrl ?? discovered.token_endpoint ?? this.#derived('token'),
       userinfo: c.userinfoUrl ?? discovered.userinfo_endpoint ?? this.#derived('userinfo'),
       jwks: c.jwksUrl ?? discovered.jwks_uri ?? this.#derived('certs'),
-      endSession: c.logoutUrl ?? discovered.end_session_endpoint ?? this.#derived('logout')
+      endSession: c.logoutUrl ?? discovered.end_session_endpoint ?? this.#derived('logout'),
+      revocation: discovered.revocation_endpoint ?? this.#derived('revoke')
     }
   }
 
@@ -81,7 +85,8 @@ export class ProviderEndpoints {
         token_endpoint: pick(document, 'token_endpoint'),
         userinfo_endpoint: pick(document, 'userinfo_endpoint'),
         jwks_uri: pick(document, 'jwks_uri'),
-        end_session_endpoint: pick(document, 'end_session_endpoint')
+        end_session_endpoint: pick(document, 'end_session_endpoint'),
+        revocation_endpoint: pick(document, 'revocation_endpoint')
       }
       return this.#discovered
     } catch (err) {

@@ -9,6 +9,8 @@ import { callJson, isJsonObject } from './http.js'
 export interface TokenSet {
   idToken: string
   accessToken: string
+  /** Absent when the client's "Use refresh tokens" is off (SPEC section 12: the login still works). */
+  refreshToken?: string
 }
 
 /** RFC 6749 2.3.1: client_secret_basic encodes id and secret as form values before base64. */
@@ -68,14 +70,14 @@ export async function exchangeCode (options: {
   if (answer.status >= 500) throw new SsoError('idp_unavailable', `token endpoint answered HTTP ${answer.status}`)
   if (answer.status !== 200) throw new SsoError('token_exchange_failed', `token endpoint refused the code: HTTP ${answer.status}, error ${describeOAuthError(isJsonObject(answer.body) ? answer.body.error : undefined)}`)
   if (!isJsonObject(answer.body)) throw new SsoError('token_exchange_failed', `token endpoint answered without a JSON token set: is ${settingName('accessTokenUrl')} (or discovery's token_endpoint) Keycloak's token endpoint?`)
-  const { id_token: idToken, access_token: accessToken, token_type: tokenType } = answer.body
+  const { id_token: idToken, access_token: accessToken, token_type: tokenType, refresh_token: refreshToken } = answer.body
   if (typeof idToken !== 'string' || typeof accessToken !== 'string') {
     throw new SsoError('token_exchange_failed', 'token endpoint answered without an id_token and an access_token (is "openid" in the scope?)')
   }
   if (typeof tokenType === 'string' && tokenType.toLowerCase() !== 'bearer') {
     throw new SsoError('token_exchange_failed', 'token endpoint answered a token_type other than Bearer')
   }
-  return { idToken, accessToken }
+  return typeof refreshToken === 'string' && refreshToken !== '' ? { idToken, accessToken, refreshToken } : { idToken, accessToken }
 }
 
 export async function fetchUserinfo (options: { endpoint: string, accessToken: string, timeoutMs: number }): Promise<Record<string, unknown>> {

@@ -86,15 +86,23 @@ function reject (what: string, reason: string): never {
   throw new SsoError('invalid_token', `${what} rejected: ${reason}`)
 }
 
-/** The ID token: signature, `iss`, `aud` ∋ client, `azp`, `exp`/`iat`/`sub`, `nonce`. */
-export async function verifyIdToken (token: string, options: VerifyOptions & { nonce: string }): Promise<JWTPayload> {
+/**
+ * The ID token: signature, `iss`, `aud` ∋ client, `azp`, `exp`/`iat`/`sub`, and `nonce` at a login.
+ * An ID token from a refresh (`subject`) has the login's `sub` instead (OpenID Connect Core 12.2):
+ * its nonce, when present, is the login's, which the session does not keep.
+ */
+export async function verifyIdToken (token: string, options: VerifyOptions & ({ nonce: string } | { subject: string })): Promise<JWTPayload> {
   const claims = await verify(token, 'ID token', options, options.clientId)
   const audiences = Array.isArray(claims.aud) ? claims.aud : [claims.aud]
   // OpenID Connect Core 3.1.3.7: azp must be the client when present, and must be present when
   // the token has several audiences.
   if ((claims.azp !== undefined || audiences.length > 1) && claims.azp !== options.clientId) reject('ID token', `azp is not this client (${settingName('clientId')}): a token issued to another client`)
   if (claims.typ !== undefined && claims.typ !== 'ID') reject('ID token', 'typ is not ID')
-  if (typeof claims.nonce !== 'string' || !timingSafeEqualText(claims.nonce, options.nonce)) reject('ID token', 'nonce does not match the login')
+  if (!('nonce' in options)) {
+    if (claims.sub !== options.subject) reject('ID token', 'sub differs from the session\'s Keycloak user')
+  } else if (typeof claims.nonce !== 'string' || !timingSafeEqualText(claims.nonce, options.nonce)) {
+    reject('ID token', 'nonce does not match the login')
+  }
   return claims
 }
 

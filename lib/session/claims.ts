@@ -13,11 +13,15 @@ export interface SessionIdentity {
   company_name: string
 }
 
+/** What a session follows at Keycloak (the `session.follows` setting), when it follows Keycloak at all. */
+export type SessionFollows = 'user' | 'sso_session'
+
 export interface SessionClaims {
   auth_type: 'Bearer'
   identity: SessionIdentity
   session_id: string
-  sso?: { provider: string, sid?: string }
+  /** `follows` is there when the session has a refresh token and is revalidated (SPEC section 12). */
+  sso?: { provider: string, sid?: string, follows?: SessionFollows }
   iat: number
   exp: number
 }
@@ -38,4 +42,9 @@ export interface ClearmlIdentity extends SessionIdentity {
 /** Revocation key under which a back-channel logout revokes every session of one Keycloak session. */
 export function keycloakSessionKey (sid: string): string {
   return `keycloak-sid:${sid}`
+}
+
+/** Revocation key that marks a session Keycloak ended (SPEC 12.3), so its refusal says `session_ended`. */
+export function sessionEndedKey (sessionId: string): string {
+  return `session-ended:${sessionId}`
 }

@@ -9,11 +9,12 @@
 import { webcrypto } from 'node:crypto'
 import { SignJWT } from 'jose'
 import type { Company, DirectoryUser } from '../directory/user-directory.js'
-import { randomToken } from '../crypto.js'
 import type { RevocationStore } from './revocations.js'
 import { epochSeconds, SessionTokenVerifier } from './token-verifier.js'
 import { CredentialCache, undecided } from './credential-cache.js'
-import { keycloakSessionKey, type ClearmlIdentity, type SessionClaims, type SessionIdentity } from './claims.js'
+import { keycloakSessionKey, sessionEndedKey, type ClearmlIdentity, type SessionClaims, type SessionFollows, type SessionIdentity } from './claims.js'
+import type { SessionFollowStore } from './follow-store.js'
+import { isCanonicalCompactJws, randomToken } from '../crypto.js'
 
 /** A verified session: the token's claims, and the identity built from them once. */
 export interface VerifiedSession {
@@ -22,6 +23,14 @@ export interface VerifiedSession {
   identity: Readonly<ClearmlIdentity>
   /** Revocation key of its Keycloak session, when it has one (back-channel logout). */
   keycloakSessionKey?: string
+  /** The session as its newest revision has it, built once per revision (SPEC 12.3). */
+  revised?: { version: number, view: VerifiedSession }
+}
+
+/** What `SessionTokens` asks of sessions that follow Keycloak (`revalidation.ts`, `follow-store.ts`). */
+export interface SessionFollowing {
+  gate: { admit: (session: VerifiedSession) => boolean, settle: (session: VerifiedSession) => Promise<void> }
+  revisions: Pick<SessionFollowStore, 'revision'>
 }
 
 export interface IssuedSession {
@@ -36,6 +45,8 @@ export interface SessionOptions {
   revocations: RevocationStore
   /** How many verified sessions are kept; 0 keeps none. Default `DEFAULT_SESSION_CACHE_MAX`. */
   cacheMax?: number
+  /** Sessions that follow Keycloak (SPEC section 12); absent with `revalidate_sec` 0. */
+  follow?: SessionFollowing
 }
 
 /**
@@ -52,6 +63,7 @@ export class SessionTokens {
   readonly #lifetimeSec: number
   readonly #revocations: RevocationStore
   readonly #cache: CredentialCache<VerifiedSession>
+  readonly #follow: SessionFollowing | undefined
 
   constructor (options: SessionOptions) {
     const cacheMax = options.cacheMax ?? DEFAULT_SESSION_CACHE_MAX
@@ -63,6 +75,7 @@ export class SessionTokens {
     this.#lifetimeSec = options.lifetimeSec
     this.#revocations = options.revocations
     this.#cache = new CredentialCache<VerifiedSession>(cacheMax)
+    this.#follow = options.follow
   }
 
   /** How many verified tokens are cached; for tests and benchmarks. */
@@ -83,7 +96,8 @@ export class SessionTokens {
     return now + this.#lifetimeSec
   }
 
-  async issue (user: DirectoryUser, company: Company, sessionId: string, sid: string | undefined): Promise<IssuedSession> {
+  /** `follows`: the session has a refresh token and follows Keycloak (SPEC section 12); its token says so. */
+  async issue (user: DirectoryUser, company: Company, sessionId: string, sid: string | undefined, follows?: SessionFollows): Promise<IssuedSession> {
     if (this.#signingKey === undefined) throw new Error('token_secret is not configured')
     const iat = Math.floor(Date.now() / 1000)
     const exp = iat + this.#lifetimeSec
@@ -92,40 +106,111 @@ export class SessionTokens {
       auth_type: 'Bearer',
       identity,
       session_id: sessionId,
-      // Without a Keycloak session, `sid: undefined` is left out of the JSON: `{ provider: 'keycloak' }`.
-      sso: { provider: 'keycloak', sid }
+      // Without a Keycloak session, `sid: undefined` is left out of the JSON: `{ provider: 'keycloak' }`;
+      // so is `follows` for a session that does not follow Keycloak.
+      sso: { provider: 'keycloak', sid, follows }
     }).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setIssuedAt(iat).setExpirationTime(exp).sign(await this.#signingKey)
     return { token, sessionId, expiresAt: exp }
   }
 
   /**
    * The synchronous path: the session when the token is valid, unexpired and not revoked; `null`
-   * when a cached token has expired or is revoked; `undefined` when only the slow path can tell: a
-   * token that is not a valid session token (it may be another kind of credential), or a revocation
-   * store that answers asynchronously. A valid token not cached yet is verified and cached here.
+   * when it has expired or is revoked; `undefined` when only the slow path can tell: a token that is
+   * not a valid session token (it may be another kind of credential), a revocation store that
+   * answers asynchronously, or a session idle for so long that it must be revalidated at Keycloak
+   * first. A valid token not cached yet is verified, checked, and cached only once it passed.
    */
   cached (token: string): VerifiedSession | null | undefined {
-    const session = this.#cache.get(token) ?? this.#admit(token)
-    return session === undefined ? undefined : this.#check(token, session)
+    const cached = this.#cache.get(token)
+    const session = cached ?? this.#admissible(token)
+    if (session === undefined) return undefined
+    const { exp, iat, session_id: sessionId } = session.claims
+    // The verifier's rule (jose's): expired from the second `exp` names.
+    if (exp <= epochSeconds()) {
+      if (cached !== undefined) this.#cache.delete(token)
+      return null
+    }
+    const owner = session.identity.user
+    let revoked = this.#revocations.isRevoked(sessionId, iat, owner)
+    if (revoked === false && session.keycloakSessionKey !== undefined) revoked = this.#revocations.isRevoked(session.keycloakSessionKey, iat, owner)
+    if (revoked !== false) {
+      if (revoked !== true) return undecided(revoked)
+      // A revoked session holds no place in the cache: it is refused, and stays refused.
+      if (cached !== undefined) this.#cache.delete(token)
+      return null
+    }
+    if (cached === undefined) this.#cache.add(token, session)
+    const current = this.#current(session)
+    return this.#follow === undefined || session.claims.sso?.follows === undefined || this.#follow.gate.admit(current) ? current : undefined
   }
 
-  /** The session when the token is valid, unexpired and not revoked; otherwise `null`. */
+  /** The session when the token is valid, unexpired and not revoked; otherwise `null`. Waits for what `cached` cannot. */
   async verify (token: string): Promise<VerifiedSession | null> {
-    const session = this.#cache.get(token) ?? this.#admit(token)
+    const cached = this.#cache.get(token)
+    const session = cached ?? this.#admissible(token)
     if (session === undefined) return null
-    const fast = this.#check(token, session)
-    if (fast !== undefined) return fast
-    const { session_id: sessionId, iat } = session.claims
-    if (await this.#revocations.isRevoked(sessionId, iat)) return null
-    return session.keycloakSessionKey !== undefined && await this.#revocations.isRevoked(session.keycloakSessionKey, iat) ? null : session
+    if (session.claims.exp <= epochSeconds()) {
+      if (cached !== undefined) this.#cache.delete(token)
+      return null
+    }
+    if (await this.#revoked(session)) {
+      if (cached !== undefined) this.#cache.delete(token)
+      return null
+    }
+    if (cached === undefined) this.#cache.add(token, session)
+    const current = this.#current(session)
+    if (this.#follow === undefined || session.claims.sso?.follows === undefined || this.#follow.gate.admit(current)) return current
+    await this.#follow.gate.settle(current)
+    // The revalidation may have ended the session, or changed its identity.
+    return await this.#revoked(session) ? null : this.#current(session)
   }
 
-  /** Verifies a token that is not cached and caches it; `undefined` when it is not a valid session token. */
-  #admit (token: string): VerifiedSession | undefined {
+  /** Whether `token` is one of our session tokens (signed with our secret), valid or not any more. */
+  isSessionToken (token: string): boolean {
+    return this.#cache.has(token) || this.#admissible(token) !== undefined
+  }
+
+  /** Why a presented token is refused: `session_ended` when Keycloak ended its session (SPEC 12.3), else `invalid_token`. */
+  async refusalOf (token: string): Promise<'session_ended' | 'invalid_token'> {
+    const claims = (this.#cache.get(token) ?? this.#admissible(token))?.claims
+    if (claims === undefined) return 'invalid_token'
+    return await this.#revocations.isRevoked(sessionEndedKey(claims.session_id), claims.iat) ? 'session_ended' : 'invalid_token'
+  }
+
+  async #revoked (session: VerifiedSession): Promise<boolean> {
+    const { session_id: sessionId, iat } = session.claims
+    const owner = session.identity.user
+    if (await this.#revocations.isRevoked(sessionId, iat, owner)) return true
+    return session.keycloakSessionKey !== undefined && await this.#revocations.isRevoked(session.keycloakSessionKey, iat, owner)
+  }
+
+  /** The session with the identity its newest revision gives it (SPEC 12.3: a token that says the old role is not accepted with it). */
+  #current (session: VerifiedSession): VerifiedSession {
+    const revision = this.#follow?.revisions.revision(session.claims.session_id)
+    if (revision === undefined) return session
+    const revised = session.revised
+    if (revised !== undefined && revised.version === revision.version) return revised.view
+    const { company, user, user_name: userName, role, company_name: companyName } = revision.identity
+    const view: VerifiedSession = {
+      claims: session.claims,
+      identity: Object.freeze({ company, user, user_name: userName, role, company_name: companyName, session_id: session.claims.session_id, exp: session.claims.exp, credential: 'session' }),
+      keycloakSessionKey: session.keycloakSessionKey
+    }
+    session.revised = { version: revision.version, view }
+    return view
+  }
+
+  /**
+   * A token not cached, verified; `undefined` when it is not a valid session token. Only the
+   * compact form the plugin issues is read: other spellings that decoders accept (whitespace,
+   * padding, non-zero trailing bits) are refused before any work, so one token is one cache entry.
+   */
+  #admissible (token: string): VerifiedSession | undefined {
+    if (!isCanonicalCompactJws(token)) return undefined
     const claims = this.#verifier?.verify(token) ?? null
     if (claims === null) return undefined
     const { company, user, user_name: userName, role, company_name: companyName } = claims.identity
-    const session: VerifiedSession = {
+    return {
       claims,
       // Field by field, not spread from the claims: on Node 20, once the copy site is warm, every
       // spread copy of parsed JSON gets a hidden class of its own, about 300 bytes more per cached
@@ -133,23 +218,5 @@ export class SessionTokens {
       identity: Object.freeze({ company, user, user_name: userName, role, company_name: companyName, session_id: claims.session_id, exp: claims.exp, credential: 'session' }),
       keycloakSessionKey: typeof claims.sso?.sid === 'string' ? keycloakSessionKey(claims.sso.sid) : undefined
     }
-    this.#cache.add(token, session)
-    return session
-  }
-
-  /** Expiry and revocation of a verified session; `undefined` when the revocation store answers later. */
-  #check (token: string, session: VerifiedSession): VerifiedSession | null | undefined {
-    const { exp, iat, session_id: sessionId } = session.claims
-    // The verifier's rule (jose's): expired from the second `exp` names.
-    if (exp <= epochSeconds()) {
-      this.#cache.delete(token)
-      return null
-    }
-    const revoked = this.#revocations.isRevoked(sessionId, iat)
-    if (revoked !== false) return revoked === true ? null : undecided(revoked)
-    if (session.keycloakSessionKey === undefined) return session
-    const ended = this.#revocations.isRevoked(session.keycloakSessionKey, iat)
-    if (ended === false) return session
-    return ended === true ? null : undecided(ended)
   }
 }
