@@ -15,6 +15,7 @@ export type { UserDirectory, DirectoryUser, DirectoryGroup, Company, WhitelistEn
 export type { Identity, Claims } from './lib/rules/identity.js'
 export type { LoginResult } from './lib/rules/login.js'
 export { MemoryRevocationStore, type RevocationStore, type StoreLog } from './lib/session/revocations.js'
+export type { SessionFollowStore, RefreshKey, RefreshState, RefreshLease, SessionRevision } from './lib/session/follow-store.js'
 export type { IssueToken, IssueTokenContext } from './lib/sso.js'
 // The service behind `fastify.keycloak.sso`, exported by name only: its members are internal.
 export type { KeycloakSso } from './lib/sso.js'
@@ -25,7 +26,7 @@ export {
   type SignupDecision, type SignupTarget, type GroupSyncPlan, type WhitelistQuery, type GroupsConfig
 } from './lib/rules/policy.js'
 export { mapClaims } from './lib/rules/identity.js'
-export { diagnosticsChannels, type LoginEvent, type IdpCallEvent, type IdpEndpoint, type JwksFetchEvent, type JwksFetchReason, type AuthRefusedEvent } from './lib/diagnostics.js'
+export { diagnosticsChannels, type LoginEvent, type IdpCallEvent, type IdpEndpoint, type JwksFetchEvent, type JwksFetchReason, type AuthRefusedEvent, type RevalidateEvent } from './lib/diagnostics.js'
 export type { Explanation, ExplainInput } from './lib/rules/explain.js'
 export type { LoginPlan, UserStatus, SignupVerdict, RoleVerdict, ProfileChange, ProfileField } from './lib/rules/login.js'
 export { testDirectory, type DirectoryFactory, type DirectoryContractTest, type TestDirectoryOptions } from './lib/directory/test-directory.js'

@@ -25,12 +25,18 @@ export interface FastProvider {
   sign: (claims: JWTPayload, key?: BenchKey, kid?: string) => Promise<string>
   /** Registers the token set the token endpoint answers for `code`. */
   prepare: (code: string, options: { nonce: string, subject: string, key?: BenchKey, kid?: string }) => Promise<void>
+  /** A refresh token whose refreshes answer `subject`'s tokens, signed now (valid for an hour). */
+  refreshFor: (subject: string) => Promise<string>
+  /** Refresh grants received so far. */
+  readonly refreshes: number
   close: () => Promise<void>
 }
 
 export async function startFastProvider (clientId = 'clearml'): Promise<FastProvider> {
   const hits = new Map<string, number>()
   const tokenSets = new Map<string, string>()
+  const refreshSets = new Map<string, string>()
+  let refreshes = 0
   const keys = [await benchKey()]
   let server: Server
   const ready = new Promise<void>((resolve) => {
@@ -42,7 +48,17 @@ export async function startFastProvider (clientId = 'clearml'): Promise<FastProv
         req.setEncoding('utf8')
         req.on('data', (chunk: string) => { body += chunk })
         req.on('end', () => {
-          const code = new URLSearchParams(body).get('code') ?? ''
+          const form = new URLSearchParams(body)
+          if (form.get('grant_type') === 'refresh_token') {
+            // A refresh answers the token set prepared for the token's subject (`refreshFor`), the same
+            // refresh token again: Keycloak with "Revoke Refresh Token" off.
+            refreshes++
+            const set = refreshSets.get(form.get('refresh_token') ?? '')
+            if (set === undefined) res.writeHead(400, { 'content-type': 'application/json' }).end('{"error":"invalid_grant","error_description":"Invalid refresh token"}')
+            else res.writeHead(200, { 'content-type': 'application/json' }).end(set)
+            return
+          }
+          const code = form.get('code') ?? ''
           const set = tokenSets.get(code)
           tokenSets.delete(code)
           if (set === undefined) res.writeHead(400, { 'content-type': 'application/json' }).end('{"error":"invalid_grant"}')
@@ -85,6 +101,15 @@ export async function startFastProvider (clientId = 'clearml'): Promise<FastProv
       const accessToken = await provider.sign({ ...common, aud: 'account', typ: 'Bearer', realm_access: { roles: ['offline_access'] } }, key, kid)
       tokenSets.set(code, JSON.stringify({ token_type: 'Bearer', id_token: idToken, access_token: accessToken, expires_in: 3600 }))
     },
+    refreshFor: async (subject) => {
+      const refreshToken = `bench-refresh:${subject}`
+      const common = { iss: issuer, sub: subject, iat: now(), exp: now() + 3600, azp: clientId, sid: 'bench-keycloak-session', preferred_username: 'bench', email: 'bench@acme.example', email_verified: true, name: 'Bench' }
+      const idToken = await provider.sign({ ...common, aud: clientId, typ: 'ID' })
+      const accessToken = await provider.sign({ ...common, aud: 'account', typ: 'Bearer', realm_access: { roles: ['offline_access'] } })
+      refreshSets.set(refreshToken, JSON.stringify({ token_type: 'Bearer', id_token: idToken, access_token: accessToken, refresh_token: refreshToken, expires_in: 3600 }))
+      return refreshToken
+    },
+    get refreshes () { return refreshes },
     close: async () => {
       server.closeAllConnections()
       await new Promise<void>((resolve) => server.close(() => resolve()))

@@ -10,7 +10,7 @@ import Fastify, { LogController, type FastifyInstance } from 'fastify'
 import { Counter, Histogram, Registry } from 'prom-client'
 import clearmlKeycloak, {
   diagnosticsChannels, MemoryDirectory, redactPaths,
-  type AuthRefusedEvent, type DirectoryUser, type IdpCallEvent, type JwksFetchEvent, type LoginEvent, type RevocationStore, type UserDirectory, type WhitelistSeed
+  type AuthRefusedEvent, type RevalidateEvent, type DirectoryUser, type IdpCallEvent, type JwksFetchEvent, type LoginEvent, type RevocationStore, type UserDirectory, type WhitelistSeed
 } from '../index.js'
 import { escapeHtml, page } from './demo/page.js'
 
@@ -120,6 +120,14 @@ export function prometheusMetrics (): { registry: Registry, close: () => void } 
     registers
   })
 
+  const revalidations = new Counter({
+    name: 'clearml_sso_revalidations_total',
+    help: 'Sessions checked at Keycloak with their refresh token, by outcome (ok, ended, unavailable)',
+    labelNames: ['outcome'] as const,
+    registers
+  })
+  const revalidationSeconds = new Histogram({ name: 'clearml_sso_revalidation_duration_seconds', help: 'Duration of a revalidation at Keycloak', labelNames: ['outcome'] as const, buckets: SECONDS, registers })
+
   const subscriptions: Array<[string, (message: unknown) => void]> = [
     [diagnosticsChannels.login, (message) => {
       const { outcome, code, created, durationMs } = message as LoginEvent
@@ -135,6 +143,11 @@ export function prometheusMetrics (): { registry: Registry, close: () => void } 
     [diagnosticsChannels.authRefused, (message) => {
       const { code, credential } = message as AuthRefusedEvent
       refusals.inc({ code, credential: credential ?? 'none' })
+    }],
+    [diagnosticsChannels.revalidate, (message) => {
+      const { outcome, durationMs } = message as RevalidateEvent
+      revalidations.inc({ outcome })
+      revalidationSeconds.observe({ outcome }, durationMs / 1000)
     }]
   ]
   for (const [name, onMessage] of subscriptions) subscribe(name, onMessage)

@@ -83,10 +83,11 @@ export class KeycloakFollowing {
   }
 
   /**
-   * Keeps a login's refresh token; `undefined` when Keycloak gave none (the session then keeps
+   * Keeps a login's refresh token (`checkedAt`: when Keycloak last confirmed the session, if not
+   * now: a benchmark's sessions, logged in over the last period); `undefined` when Keycloak gave none (the session then keeps
    * ClearML's own lifetime, and the operator is told once how to fix the setup).
    */
-  async keep (key: RefreshKey, subject: string, refreshToken: string | undefined, expiresAt: number): Promise<SessionFollows | undefined> {
+  async keep (key: RefreshKey, subject: string, refreshToken: string | undefined, expiresAt: number, checkedAt?: number): Promise<SessionFollows | undefined> {
     if (refreshToken === undefined) {
       if (!this.#warnedNoRefreshToken) {
         this.#warnedNoRefreshToken = true
@@ -95,7 +96,7 @@ export class KeycloakFollowing {
       return undefined
     }
     try {
-      await this.#revalidation.keep(key, subject, refreshToken, expiresAt)
+      await this.#revalidation.keep(key, subject, refreshToken, expiresAt, checkedAt)
     } catch (err) {
       // A session whose token cannot be kept would end at its first check: refused now instead.
       throw new SsoError('directory_error', 'the shared store could not keep the session\'s refresh token', { cause: err })

@@ -2,7 +2,7 @@
  * The apiserver under benchmark, in its own process: a bare route, the same route behind
  * `authenticate`, the plugin's login routes, and routes for the runner (stats, sessions to load it
  * with, a memory probe of the session cache).
- * argv: issuer [sessionCacheMax]. Prints one JSON line { port, sessionToken } when listening.
+ * argv: issuer [sessionCacheMax] [revalidateSec]. Prints one JSON line { port, sessionToken } when listening.
  */
 import { createHmac, createSecretKey, timingSafeEqual, webcrypto } from 'node:crypto'
 import Fastify from 'fastify'
@@ -13,10 +13,14 @@ import { SessionTokens } from '../../lib/session/sessions.js'
 import { isSessionClaims, SessionTokenVerifier } from '../../lib/session/token-verifier.js'
 
 const issuer = process.argv[2]
-const sessionCacheMax = process.argv[3] === undefined ? undefined : Number(process.argv[3])
+const sessionCacheMax = process.argv[3] === undefined || process.argv[3] === '' ? undefined : Number(process.argv[3])
+// Sessions follow Keycloak every this many seconds (the plugin's default, 300, when not given).
+const revalidateSec = process.argv[4]
 const tokenSecret = 'bench-token-secret'
 /** The Keycloak subject of the runner's access token (bench/run.ts). */
 const BENCH_API_CLIENT = 'bench-api-client'
+/** The Keycloak subject of the sessions that follow Keycloak (bench/revalidation.ts). */
+const BENCH_FOLLOWED = 'bench-followed-user'
 /**
  * A directory that keeps nothing: every login is a new user in one company. Memory figures then
  * show what the plugin keeps, not what an in-memory database holds. One user exists: the API client
@@ -26,7 +30,10 @@ let created = 0
 const company = { id: 'acme', name: 'Acme' }
 const directory: UserDirectory = {
   getCompany: async () => company,
-  findUserByIdentity: async (_provider, subject) => subject === BENCH_API_CLIENT ? { id: 'u-api', company: 'acme', name: 'Bench API client', role: 'user' } : null,
+  findUserByIdentity: async (_provider, subject) => subject === BENCH_API_CLIENT
+    ? { id: 'u-api', company: 'acme', name: 'Bench API client', role: 'user' }
+    // The Keycloak user of the sessions that follow Keycloak (`/followed-sessions`).
+    : subject === BENCH_FOLLOWED ? { id: 'u-followed', company: 'acme', name: 'Bench', email: 'bench@acme.example', role: 'user' } : null,
   findUserByEmail: async () => null,
   findWhitelistEntry: async () => ({ company: 'acme' }),
   createUser: async (user) => ({ ...user, id: `u${++created}` }),
@@ -44,7 +51,8 @@ await app.register(clearmlKeycloak, {
     CLEARML__services__login__sso__oauth_client__keycloak__base_url: issuer,
     CLEARML__secure__login__sso__oauth_client__keycloak__client_id: 'clearml',
     CLEARML__secure__login__sso__oauth_client__keycloak__client_secret: 'bench-secret',
-    CLEARML__secure__auth__token_secret: tokenSecret
+    CLEARML__secure__auth__token_secret: tokenSecret,
+    ...(revalidateSec === undefined ? {} : { CLEARML__services__login__sso__oauth_client__keycloak__session__revalidate_sec: revalidateSec })
   },
   sessionCacheMax,
   bearer: { keycloak: true }
@@ -66,6 +74,24 @@ const user = (i: number) => ({ id: `u${i}`, company: 'acme', name: `User ${i}`, 
 app.post<{ Body: { count: number } }>('/sessions', async (request) => {
   const tokens: string[] = []
   for (let i = 0; i < request.body.count; i++) tokens.push((await sessions.issue(user(i), company, `bench-session-${i}`, `bench-keycloak-session-${i}`)).token)
+  return tokens
+})
+/**
+ * `count` sessions that follow Keycloak, as logins make them: each keeps a refresh token (given by
+ * the runner: the provider answers its refreshes) and says so in its token. Their last checks are
+ * spread over the past `spreadSec`, as for users who logged in at different times: they fall due
+ * one after another, not all at once.
+ */
+app.post<{ Body: { count: number, refreshToken: string, spreadSec: number } }>('/followed-sessions', async (request) => {
+  const following = app.keycloak.sso.following!
+  const followed = { id: 'u-followed', company: 'acme', name: 'Bench', role: 'user' }
+  const tokens: string[] = []
+  for (let i = 0; i < request.body.count; i++) {
+    const key = { session: `followed-session-${i}`, keycloakSession: 'bench-keycloak-session' }
+    const checkedAt = Date.now() / 1000 - (i / request.body.count) * request.body.spreadSec
+    const follows = await following.keep(key, BENCH_FOLLOWED, request.body.refreshToken, sessions.expiresAt(), checkedAt)
+    tokens.push((await sessions.issue(followed, company, key.session, key.keycloakSession, follows)).token)
+  }
   return tokens
 })
 /**

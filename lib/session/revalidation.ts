@@ -113,9 +113,8 @@ export class SessionRevalidation {
     this.#memoryMax = options.memoryMax ?? 100_000
   }
 
-  /** Keeps a new session's refresh token (at its login): its first check is the login itself. */
-  async keep (key: RefreshKey, subject: string, refreshToken: string, expiresAt: number): Promise<void> {
-    const checkedAt = nowSec()
+  /** Keeps a new session's refresh token (at its login): its first check is the login itself, unless `checkedAt` says when. */
+  async keep (key: RefreshKey, subject: string, refreshToken: string, expiresAt: number, checkedAt = nowSec()): Promise<void> {
     const sealed = await this.#seal({ rt: refreshToken, sid: key.session, sub: subject }, expiresAt)
     await this.#options.store.saveRefresh(key, { sealed, checkedAt, generation: 1 }, expiresAt)
     this.#remember(key.session, checkedAt)
