@@ -109,7 +109,7 @@ export interface RefreshLogEntry {
   /** The presented refresh token's `jti`, read without checking it (undefined when it has none). */
   tokenId?: string
   username?: string
-  /** `ok`, Keycloak's `error_description` of the refusal, or `fault` for an injected failure. */
+  /** `ok`, Keycloak's `error_description` of the refusal, `invalid_client` (401), or `fault` for an injected failure. */
   outcome: string
 }
 
