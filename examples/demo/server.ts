@@ -88,6 +88,9 @@ ${DEMO_USERS.map((u) => `    ${u.username.padEnd(6)} ${u.story}`).join('\n')}
     mallory is not a demo user; try a wrong password to see the provider refuse it.
 
   Keycloak-compatible provider: ${demo.idp.issuer}
+  Its admin page: ${demo.idp.adminConsoleUrl}
+    disable, enable or delete a user, end their SSO sessions, add or remove /kc-admins; as in
+    Keycloak, none of it sends a back-channel logout (a client notices at its next refresh).
   Configured as an operator configures ClearML:
 ${shown}
 
