@@ -5,7 +5,7 @@
 import { freePort } from '../../examples/free-port.js'
 import Fastify, { type FastifyInstance } from 'fastify'
 import clearmlKeycloak, { MemoryDirectory, type ClearmlKeycloakOptions, type UserDirectory } from '../../index.js'
-import { startKeycloakLikeIdp, type KeycloakLikeIdp, type KeycloakLikeIdpOptions, type RealmUser } from '../../examples/idp/keycloak-like-idp.js'
+import { startKeycloakLikeIdp, type KeycloakLikeIdp, type KeycloakLikeIdpOptions, type RealmClient, type RealmUser } from '../../examples/idp/keycloak-like-idp.js'
 import { UserAgent } from './user-agent.js'
 
 export const CLIENT_ID = 'clearml'
@@ -62,6 +62,8 @@ export interface StackOptions<D extends UserDirectory = MemoryDirectory> {
   directory?: D
   /** Register a protected route `GET /me` that answers the session identity. */
   protectedRoute?: boolean
+  /** Settings of the realm's client for the apiserver, over the defaults (e.g. `useRefreshTokens: false`). */
+  client?: Partial<RealmClient>
 }
 
 export async function startStack<D extends UserDirectory = MemoryDirectory> (options: StackOptions<D> = {}): Promise<Stack<D>> {
@@ -69,7 +71,7 @@ export async function startStack<D extends UserDirectory = MemoryDirectory> (opt
   const appUrl = `http://127.0.0.1:${port}`
   const idp = await startKeycloakLikeIdp({
     users: USERS,
-    clients: [{ clientId: CLIENT_ID, clientSecret: CLIENT_SECRET, redirectUris: [`${appUrl}/callback_keycloak`], postLogoutRedirectUris: [`${appUrl}/login`, `${appUrl}/bye`], backchannelLogoutUri: `${appUrl}/logout/backchannel` }],
+    clients: [{ clientId: CLIENT_ID, clientSecret: CLIENT_SECRET, redirectUris: [`${appUrl}/callback_keycloak`], postLogoutRedirectUris: [`${appUrl}/login`, `${appUrl}/bye`], backchannelLogoutUri: `${appUrl}/logout/backchannel`, ...options.client }],
     ...options.idp
   })
   const env: Record<string, string> = options.envFor !== undefined
