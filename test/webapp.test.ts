@@ -5,10 +5,13 @@
  * `callback_url_prefix` protocol and completes the login on its own `/callback_keycloak` page.
  */
 import t, { type Test } from 'tap'
+import { join } from 'node:path'
 import Fastify, { type FastifyInstance } from 'fastify'
 import clearmlKeycloak, { MemoryDirectory, SsoError, type ClearmlKeycloakOptions } from '../index.js'
 import { CLIENT_SECRET, KC, seedAcme, startStack, TOKEN_SECRET, type Stack } from './helpers/stack.js'
 import { UserAgent } from './helpers/user-agent.js'
+import { fakeWebappBuild } from './helpers/fake-webapp.js'
+import { startWebappHost, webappBuild } from '../examples/clearml-webapp/server.js'
 
 /** The web app's version segment; the SDK's is `/v2.31`. */
 const WEBAPP = '/v999.0'
@@ -387,4 +390,50 @@ t.test('without reply the decorator cannot set a cookie: it gives the plain logi
   t.equal(answer.json().sso.keycloak, '/login/keycloak')
   t.equal(answer.headers['set-cookie'], undefined)
   await app.close()
+})
+
+t.test('the example host: a web app build behind requireLogin, its configuration, its few endpoints', async (t) => {
+  const build = fakeWebappBuild({ apiBaseUrl: 'https://elsewhere.example/api', branding: { logo: 'logo.svg' } })
+  t.teardown(build.remove)
+  const host = await startWebappHost({ webappDir: build.dir, logger: false })
+  t.teardown(host.close)
+  const browser = new UserAgent({ browser: true })
+
+  const asset = await browser.request(`${host.url}/assets/app.js`)
+  t.equal(asset.status, 200, 'the build\'s files are public')
+  t.match(asset.body, /login\.supported_modes/)
+  t.strictSame(JSON.parse((await browser.request(`${host.url}/configuration.json`)).body), { apiBaseUrl: '/api', branding: { logo: 'logo.svg' } }, 'the build\'s configuration, with the API here')
+  for (const path of ['/', '/index.html', '/projects/p1?tab=x']) {
+    const answer = await browser.request(`${host.url}${path}`, { headers: NAVIGATION })
+    t.equal(answer.status, 302, `${path}: no page without a session`)
+  }
+  const anonymousCall = await call(browser, `${host.url}/api${WEBAPP}/users.get_current_user`, { get_supported_features: true })
+  t.match(anonymousCall, { status: 401, body: { data: { error: 'invalid_token' } } })
+  t.match(await call(browser, `${host.url}/api${WEBAPP}/projects.get_all_ex`), { status: 401 }, 'an endpoint it lacks: 401 first, so the web app goes to log in')
+
+  const form = await browser.navigate(`${host.url}/projects/p1?tab=x`, { headers: NAVIGATION })
+  const landed = await browser.submitLogin(form, 'alice', 'alice', { headers: NAVIGATION })
+  t.equal(landed.url, `${host.url}/projects/p1?tab=x`)
+  t.match(landed.body, /<script src="assets\/app.js">/, 'the web app\'s index.html')
+  t.equal(landed.hops.at(-1)?.setCookies.length, 0)
+
+  const modes = await call(browser, `${host.url}/api${WEBAPP}/login.supported_modes`)
+  t.match(modes.body.data, { authenticated: true, basic: { enabled: false }, server_errors: { missed_es_upgrade: false, es_connection_error: false } })
+  const current = await call(browser, `${host.url}/api${WEBAPP}/users.get_current_user`, { get_supported_features: true })
+  t.match(current.body, { meta: { result_code: 200, endpoint: { name: 'users.get_current_user', requested_version: '999.0' } }, data: { user: { name: 'Alice Anderson', email: 'alice@acme.example', role: 'admin', company: { id: 'acme', name: 'Acme ML' } } } })
+  t.match((await call(browser, `${host.url}/api${WEBAPP}/users.get_preferences`)).body, { data: { preferences: {} } })
+  t.match((await call(browser, `${host.url}/api/server.report_stats_option`)).body, { meta: { endpoint: { requested_version: '2.30' } }, data: { enabled: false } })
+  t.match(await call(browser, `${host.url}/api${WEBAPP}/projects.get_all_ex`), { status: 404, body: { meta: { result_code: 404, endpoint: { name: 'projects.get_all_ex', requested_version: '999.0' } } } })
+  t.equal((await browser.request(`${host.url}/projects`, { method: 'POST', headers: NAVIGATION })).status, 404, 'pages are GET only')
+
+  const refusedPage = await new UserAgent({ browser: true }).request(`${host.url}/login?sso_error=not_whitelisted<b>`, { headers: NAVIGATION })
+  t.equal(refusedPage.status, 403, 'a refused login: the host shows why')
+  t.match(refusedPage.body, /Login refused: <code>not_whitelisted&#60;b&#62;<\/code>/)
+  t.match(refusedPage.body, /href="\/api\/login\/keycloak"/)
+  t.match((await browser.request(`${host.url}/login?sso_error=x`, { headers: NAVIGATION })).body, /assets\/app.js/, 'with a session, /login is the web app\'s')
+
+  t.throws(() => webappBuild(undefined), /Point the host at a ClearML web app build/)
+  t.throws(() => webappBuild(join(build.dir, 'missing')), /is not a directory/)
+  t.throws(() => webappBuild(join(build.dir, 'assets')), /has no index.html/)
+  await t.rejects(startWebappHost({ webappDir: join(build.dir, 'assets') }), /has no index.html/)
 })
