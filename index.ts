@@ -5,8 +5,9 @@ import { clearmlKeycloak } from './plugins/clearml-keycloak.js'
 
 export default clearmlKeycloak
 export { clearmlKeycloak }
-export type { ClearmlKeycloakOptions, ClearmlKeycloakDecorator, ClearmlIdentity, SupportedModes } from './plugins/clearml-keycloak.js'
+export type { ClearmlKeycloakOptions, ClearmlKeycloakDecorator, ClearmlIdentity, SupportedModes, BasicLoginOption } from './plugins/clearml-keycloak.js'
 export type { AuthenticateHook } from './plugins/authenticate.js'
+export type { RequireLoginHook } from './plugins/require-login.js'
 export { loadConfig, readConfig, type KeycloakConfig, type KeycloakConfigOverrides, type ConfigWarning, type ReadConfigResult } from './lib/config/settings.js'
 export { KeycloakConfigSchema } from './schemas/config.js'
 export { ConfigError, SsoError, type SsoErrorCode, type ConfigProblem } from './lib/errors.js'

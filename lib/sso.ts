@@ -149,14 +149,18 @@ export class KeycloakSso {
     })
   }
 
-  /** A new login transaction, the cookie that keeps it, and the Keycloak authorization URL that starts it. */
-  async startLogin (options: { returnTo: string, redirectUri?: string, appState?: string }, cookies: CookieJar): Promise<StartedLogin> {
+  /**
+   * A new login transaction, the cookie that keeps it, and the Keycloak authorization URL that starts it.
+   * `stateShowsReturnPath`: the state is also the return path (ClearML Enterprise's web app reads it
+   * so); `keepSlotOf`: the state of a login this one must not evict from the browser's slots.
+   */
+  async startLogin (options: { returnTo: string, redirectUri?: string, appState?: string, stateShowsReturnPath?: boolean, keepSlotOf?: string }, cookies: CookieJar): Promise<StartedLogin> {
     const endpoints = await this.endpoints.get({ retry: true })
     const transaction = this.#transactions.create({
       redirectUri: options.redirectUri ?? this.redirectUri,
       returnTo: options.returnTo,
       appState: options.appState
-    })
+    }, options.stateShowsReturnPath)
     const url = new URL(endpoints.authorization)
     url.searchParams.set('response_type', 'code')
     url.searchParams.set('client_id', this.config.clientId)
@@ -166,7 +170,7 @@ export class KeycloakSso {
     url.searchParams.set('nonce', transaction.nonce)
     url.searchParams.set('code_challenge', pkceChallenge(transaction.verifier))
     url.searchParams.set('code_challenge_method', 'S256')
-    const cookieName = slotForNewLogin(cookies)
+    const cookieName = slotForNewLogin(cookies, options.keepSlotOf)
     return { url: url.href, cookieName, cookieValue: await this.#transactions.seal(transaction, cookieName) }
   }
 

@@ -2,7 +2,7 @@
  * The plugin: validates its options and the configuration at register time, decorates
  * `fastify.keycloak` and `request.clearmlIdentity`, and registers the routes in their own context.
  */
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import fastifyCookie from '@fastify/cookie'
 import type { JWTPayload } from 'jose'
@@ -18,6 +18,9 @@ import type { ClearmlIdentity } from '../lib/session/claims.js'
 import { KeycloakSso, type IssueToken } from '../lib/sso.js'
 import { routeLogSerializers, routes } from './routes.js'
 import { authenticator, type AuthenticateHook } from './authenticate.js'
+import { requireLoginHook, type RequireLoginHook } from './require-login.js'
+import { checkBasicOption, supportedModesOf, type BasicLoginOption, type SupportedModes } from './supported-modes.js'
+import { cookiePolicy } from '../lib/session/cookies.js'
 import { KeycloakBearerTokens, type BearerOptions } from '../lib/keycloak/bearer.js'
 
 export interface ClearmlKeycloakOptions {
@@ -44,17 +47,16 @@ export interface ClearmlKeycloakOptions {
   sessionCacheMax?: number
   /** Keycloak access tokens as `Authorization: Bearer` credentials for API clients (SPEC section 10). */
   bearer?: BearerOptions
+  /** The host's own password login, as `login.supported_modes` announces it (`data.basic`); default off. */
+  basic?: BasicLoginOption
 }
 
-export interface SupportedModes {
-  authenticated: boolean
-  sso: Record<string, string>
-  sso_providers: Array<{ name: string, display_name: string, url: string }>
-}
+export type { SupportedModes, BasicLoginOption }
 
 export interface ClearmlKeycloakDecorator {
   config: KeycloakConfig
-  supportedModes(request?: FastifyRequest): Promise<SupportedModes>
+  /** `login.supported_modes`' data; with `reply`, ClearML Enterprise's `callback_url_prefix` protocol too (sets the login cookie). */
+  supportedModes(request?: FastifyRequest, reply?: FastifyReply): Promise<SupportedModes>
   /** A Keycloak access token issued to this client, verified with jose; its claims. */
   verifyAccessToken(token: string): Promise<JWTPayload>
   mapClaims(claims: Claims): Identity
@@ -69,6 +71,11 @@ export interface ClearmlKeycloakDecorator {
   authenticate: AuthenticateHook
   /** The request's valid session, or `null`: for pages that change when someone is logged in. */
   sessionOf(request: FastifyRequest): Promise<Readonly<ClearmlIdentity> | null>
+  /**
+   * A preHandler for the host's pages (a served web app's `index.html` fallback): a browser navigation
+   * without a session goes to Keycloak and comes back to the same page; other requests as `authenticate`.
+   */
+  requireLogin: RequireLoginHook
   /** The service behind the routes; for tests, benchmarks and advanced hosts. */
   sso: KeycloakSso
 }
@@ -144,12 +151,10 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
   const { authenticate, sessionOf, tokenOf } = authenticator({ sso, bearer, cookieName: config.sessionCookieName })
 
   const prefix = (options.prefix ?? '').replace(/\/+$/, '')
-  const loginUrl = `${prefix}/login/keycloak`
-  const supportedModes = async (request?: FastifyRequest): Promise<SupportedModes> => ({
-    authenticated: request === undefined ? false : (await sessionOf(request)) !== null,
-    sso: { keycloak: loginUrl },
-    sso_providers: [{ name: 'keycloak', display_name: config.displayName, url: loginUrl }]
-  })
+  // The host's own prefix too, when it registers the plugin in a prefixed context.
+  const loginUrl = `${fastify.prefix}${prefix}/login/keycloak`
+  const supportedModes = supportedModesOf({ sso, sessionOf, loginUrl, webappUrl, cookies: cookiePolicy(webappUrl), basic: checkBasicOption(options.basic) })
+  const requireLogin = requireLoginHook({ authenticate, sessionOf, loginStart: loginUrl })
 
   const explainContext = { config, directory: options.directory, sso }
   fastify.decorateRequest('clearmlIdentity', null)
@@ -162,6 +167,7 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     explain: async (input: ExplainInput) => await explainLogin(explainSourceOf(input), explainContext),
     authenticate,
     sessionOf,
+    requireLogin,
     sso
   } satisfies ClearmlKeycloakDecorator)
 

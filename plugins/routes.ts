@@ -19,6 +19,7 @@ import {
   LogoutData, LogoutInput, SsoCallbackData, SsoCallbackInput, SupportedModesData, SupportedModesInput
 } from '../schemas/routes.js'
 import { logRefusal, ssoErrorHandler, type RouteMeta } from './error-handler.js'
+import { addRouteAliases } from './route-aliases.js'
 
 export interface RoutesOptions {
   sso: KeycloakSso
@@ -27,7 +28,7 @@ export interface RoutesOptions {
   /** The session token of a request: the session cookie, else `Authorization: Bearer`. */
   tokenOf: (request: FastifyRequest) => string | undefined
   /** `login.supported_modes`' data; shared with the `supportedModes()` decorator. */
-  supportedModesData: (request?: FastifyRequest) => Promise<Static<typeof SupportedModesData>>
+  supportedModesData: (request?: FastifyRequest, reply?: FastifyReply) => Promise<Static<typeof SupportedModesData>>
   /** Registers the admin-only `login.sso_explain` when given. */
   explain?: (source: ExplainSource) => Promise<Explanation>
   /** The `authenticate` hook: the explain route needs a session. */
@@ -78,6 +79,8 @@ export async function routes (fastify: FastifyInstance, options: RoutesOptions):
 
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
   app.setErrorHandler(ssoErrorHandler)
+  // Versioned endpoints, and the callback where the redirect URI points when there is a prefix (SPEC 13).
+  addRouteAliases(app, { callbackPath: new URL(sso.redirectUri).pathname })
   // A POST without a body is an empty request, as ClearML's clients send for parameterless calls.
   app.addHook('preValidation', async (request) => {
     if (request.method === 'POST' && (request.body === undefined || request.body === null)) request.body = {}
@@ -109,7 +112,7 @@ export async function routes (fastify: FastifyInstance, options: RoutesOptions):
 
   // login.supported_modes ---------------------------------------------------------------------
   if (options.supportedModes) {
-    const handler = async (request: FastifyRequest) => envelope('login.supported_modes', await options.supportedModesData(request))
+    const handler = async (request: FastifyRequest, reply: FastifyReply) => envelope('login.supported_modes', await options.supportedModesData(request, reply))
     const response = { 200: Envelope(SupportedModesData) }
     app.post('/login.supported_modes', { ...meta('login.supported_modes'), schema: { body: SupportedModesInput, response } }, handler)
     app.get('/login.supported_modes', { ...meta('login.supported_modes'), schema: { querystring: SupportedModesInput, response } }, handler)

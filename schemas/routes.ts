@@ -8,7 +8,15 @@ import Type, { type TSchema } from 'typebox'
 const Provider = Type.Optional(Type.String({ maxLength: 64 }))
 const Text = (maxLength = 4096) => Type.Optional(Type.String({ maxLength }))
 
-export const SupportedModesInput = Type.Object({}, { additionalProperties: true })
+/**
+ * ClearML Enterprise's web app sends `callback_url_prefix` (`<origin>/callback_`) and the path it is
+ * on as `state`; a state too long to keep as a return path is answered as `/`, never refused, so a
+ * long URL cannot stop the web app from starting.
+ */
+export const SupportedModesInput = Type.Object({
+  callback_url_prefix: Text(2048),
+  state: Text(4096)
+}, { additionalProperties: true })
 
 export const AuthorizeInput = Type.Object({
   provider: Provider,
@@ -41,8 +49,10 @@ export const BackchannelLogoutInput = Type.Object({
   logout_token: Type.String({ minLength: 1, maxLength: 16384 })
 }, { additionalProperties: true })
 
+/** The web app sends `{ redirect_url: <origin>/login, provider? }`; whatever the provider, the session ends. */
 export const LogoutInput = Type.Object({
-  redirect_url: Text(2048)
+  redirect_url: Text(2048),
+  provider: Provider
 }, { additionalProperties: true })
 
 const Meta = Type.Object({
@@ -63,7 +73,12 @@ export const SsoProvider = Type.Object({ name: Type.String(), display_name: Type
 export const SupportedModesData = Type.Object({
   authenticated: Type.Boolean(),
   sso: Type.Record(Type.String(), Type.String()),
-  sso_providers: Type.Array(SsoProvider)
+  sso_providers: Type.Array(SsoProvider),
+  basic: Type.Object({
+    enabled: Type.Boolean(),
+    guest: Type.Object({ enabled: Type.Boolean(), username: Type.Optional(Type.String()), password: Type.Optional(Type.String()) })
+  }),
+  server_errors: Type.Object({ missed_es_upgrade: Type.Boolean(), es_connection_error: Type.Boolean() })
 })
 
 export const AuthorizeData = Type.Object({ redirect_url: Type.String() })

@@ -7,6 +7,8 @@ import t from 'tap'
 import { existsSync } from 'node:fs'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { startDemo } from '../examples/demo/server.js'
+import { startWebappHost } from '../examples/clearml-webapp/server.js'
+import { fakeWebappBuild } from './helpers/fake-webapp.js'
 
 const executablePath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const screenshots = new URL('../docs/screenshots/', import.meta.url)
@@ -106,4 +108,28 @@ t.test('a refusal is shown on the login page: a wrong password stays at the prov
   const cancelled = await context.newPage()
   await cancelled.goto(`${demo.url}/callback_keycloak?error=access_denied`)
   t.equal(await cancelled.textContent('#sso-error code'), 'idp_error', 'a cancelled login lands on /login with its code')
+})
+
+t.test('ClearML\'s web app served by the example host: a page load goes to Keycloak and comes back to that page, logged in', async (t) => {
+  const build = fakeWebappBuild()
+  const host = await startWebappHost({ webappDir: build.dir, logger: false })
+  const context = await browser.newContext()
+  t.teardown(async () => {
+    await context.close()
+    await host.close()
+    build.remove()
+  })
+  const page = await context.newPage()
+  await page.goto(`${host.url}/projects/p1/experiments?tab=info`)
+  await page.waitForSelector('#kc-login')
+  t.equal(new URL(page.url()).origin, new URL(host.idp.issuer).origin, 'no session: the page load ends on Keycloak\'s form')
+  await page.fill('#username', 'bob')
+  await page.fill('#password', 'bob')
+  await page.click('#kc-login')
+  await page.waitForSelector('#user-name')
+  t.equal(page.url(), `${host.url}/projects/p1/experiments?tab=info`, 'back on the page asked for, with its query')
+  t.equal(await page.textContent('#user-name'), 'Bob Brown', 'the web app started: supported_modes, then its user, on /api/v999.0/')
+  t.equal(await page.textContent('#login-mode'), 'ssoOnly')
+  t.equal(await page.textContent('#app'), 'ClearML at /projects/p1/experiments?tab=info')
+  t.equal(await page.evaluate('document.cookie'), '', 'the session stays HttpOnly')
 })

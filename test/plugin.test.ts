@@ -60,7 +60,9 @@ t.test('decorators, redacted config, and unknown-key warnings in the log', async
   t.strictSame(await app.keycloak.supportedModes(), {
     authenticated: false,
     sso: { keycloak: '/login/keycloak' },
-    sso_providers: [{ name: 'keycloak', display_name: 'Keycloak', url: '/login/keycloak' }]
+    sso_providers: [{ name: 'keycloak', display_name: 'Keycloak', url: '/login/keycloak' }],
+    basic: { enabled: false, guest: { enabled: false } },
+    server_errors: { missed_es_upgrade: false, es_connection_error: false }
   })
   t.match(app.keycloak.mapClaims({ sub: 'x', preferred_username: 'u' }), { subject: 'x', name: 'u' })
   await app.close()

@@ -367,6 +367,26 @@ t.test('login transaction slots: a free slot first, else the oldest login', asyn
   t.equal(slotForNewLogin({ clearml_kc_tx_0: at(1), clearml_kc_tx_1: at(3), clearml_kc_tx_2: at(9), clearml_kc_tx_3: at(0) }), 'clearml_kc_tx_0', 'only the slots count')
 })
 
+t.test('login transaction with a state that shows the return path (ClearML Enterprise): the path kept once, its slot kept', async (t) => {
+  const codec = new TransactionCodec('secret', async () => true)
+  const redirectUri = 'https://x/callback_keycloak'
+  const tx = codec.create({ redirectUri, returnTo: '/projects/p1?tab=x#section' }, true)
+  t.equal(tx.returnTo, '/projects/p1?tab=x', 'the web app\'s fragment gives way')
+  t.match(tx.state, /^\/projects\/p1\?tab=x#[0-9a-f]{64}$/, 'the path and query, then 256 random bits')
+  t.not(codec.create({ redirectUri, returnTo: '/projects/p1?tab=x' }, true).state, tx.state)
+  const value = await codec.seal(tx, 'clearml_kc_tx_0')
+  t.notMatch(value, 'projects', 'the cookie shows nothing of the path')
+  t.strictSame(await codec.consume({ clearml_kc_tx_0: value }, tx.state), tx, 'the path comes back from the state')
+  const long = codec.create({ redirectUri, returnTo: '/' + 'p'.repeat(1100) }, true)
+  await t.resolves(codec.seal(long, 'clearml_kc_tx_0'), 'kept once, a path as long as the browser flow\'s fits')
+
+  const [a, b, c] = [codec.create({ redirectUri, returnTo: '/a' }, true), codec.create({ redirectUri, returnTo: '/b' }), codec.create({ redirectUri, returnTo: '/c' })]
+  const cookies = { clearml_kc_tx_0: await codec.seal(a, 'clearml_kc_tx_0'), clearml_kc_tx_1: await codec.seal(b, 'clearml_kc_tx_1'), clearml_kc_tx_2: await codec.seal(c, 'clearml_kc_tx_2') }
+  t.equal(slotForNewLogin(cookies), 'clearml_kc_tx_0', 'all taken in the same second: the first')
+  t.equal(slotForNewLogin(cookies, a.state), 'clearml_kc_tx_1', 'never the slot of the login being completed')
+  t.equal(slotForNewLogin(cookies, 'a state of no slot'), 'clearml_kc_tx_0')
+})
+
 t.test('environment reading skips undefined values and bare prefixes', async (t) => {
   t.strictSame([...readClearmlEnv({ CLEARML__a: undefined, CLEARML__b: '1' }).keys()], ['b'])
 })

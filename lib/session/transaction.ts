@@ -11,7 +11,7 @@
  * the `Cookie` header towards the server's limit (HTTP 431), and no cookie passes the 4 KB a browser
  * keeps. Two tabs still log in side by side, each in its own slot.
  */
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { SsoError } from '../errors.js'
 import { randomToken, timingSafeEqualText } from '../crypto.js'
 import { Sealer } from './sealed.js'
@@ -56,14 +56,19 @@ function parseSlot (value: string | undefined): { tag: string, issuedAt: number,
   return match === null || match === undefined ? undefined : { tag: match[1], issuedAt: Number(match[2]), sealed: match[3] }
 }
 
-/** The slot a new login takes: a free one, else the one holding the oldest login. */
-export function slotForNewLogin (cookies: CookieJar): string {
+/**
+ * The slot a new login takes: a free one, else the one holding the oldest login, but never the slot
+ * of `keepState`: ClearML Enterprise's web app asks for a new login on its callback page, with the
+ * callback's own state, before it completes that callback (SPEC 13.3).
+ */
+export function slotForNewLogin (cookies: CookieJar, keepState?: string): string {
+  const kept = slotOfState(cookies, keepState)
   let oldest = SLOT_NAMES[0]
   let oldestAt = Number.POSITIVE_INFINITY
   for (const name of SLOT_NAMES) {
     const slot = parseSlot(cookies[name])
     if (slot === undefined) return name
-    if (slot.issuedAt < oldestAt) {
+    if (name !== kept && slot.issuedAt < oldestAt) {
       oldest = name
       oldestAt = slot.issuedAt
     }
@@ -78,6 +83,17 @@ export function slotOfState (cookies: CookieJar, state: string | undefined): str
   return SLOT_NAMES.find((name) => parseSlot(cookies[name])?.tag === tag)
 }
 
+/**
+ * A state that is also the web app's return path, for ClearML Enterprise's protocol, whose callback
+ * page navigates to the callback's `state` (SPEC 13.3): the path and query, then a fragment of 256
+ * random bits. `new URL(state, webapp)` gives the path and query; the whole state, fragment included,
+ * is what the callback must match. Hex, so that the random part never spells the `signup` or `invite`
+ * markers the web app looks for in that path.
+ */
+function stateShowingPath (path: string): string {
+  return `${path}#${randomBytes(32).toString('hex')}`
+}
+
 export class TransactionCodec {
   readonly #sealer: Sealer
   readonly #claimOnce: ClaimOnce
@@ -87,14 +103,20 @@ export class TransactionCodec {
     this.#claimOnce = claimOnce
   }
 
-  create (fields: Pick<LoginTransaction, 'redirectUri' | 'returnTo' | 'appState'>): LoginTransaction {
-    return { state: randomToken(), nonce: randomToken(), verifier: randomToken(), ...fields }
+  /** With `stateShowsReturnPath`, the state is the return path (without its fragment) and a random fragment. */
+  create (fields: Pick<LoginTransaction, 'redirectUri' | 'returnTo' | 'appState'>, stateShowsReturnPath = false): LoginTransaction {
+    if (!stateShowsReturnPath) return { state: randomToken(), nonce: randomToken(), verifier: randomToken(), ...fields }
+    const returnTo = fields.returnTo.split('#', 1)[0]
+    return { state: stateShowingPath(returnTo), nonce: randomToken(), verifier: randomToken(), ...fields, returnTo }
   }
 
   /** The cookie value for `slot`; refused (`bad_request`) when the request's inputs make it too large. */
   async seal (transaction: LoginTransaction, slot: string): Promise<string> {
     const issuedAt = Math.floor(Date.now() / 1000)
-    const value = `${stateTag(transaction.state)}.${issuedAt}.${await this.#sealer.seal({ tx: transaction }, TRANSACTION_TTL_SEC)}`
+    // A state that shows the return path holds it already: kept once, the path may be twice as long.
+    const { returnTo, ...rest } = transaction
+    const stored = transaction.state.startsWith(`${returnTo}#`) ? rest : transaction
+    const value = `${stateTag(transaction.state)}.${issuedAt}.${await this.#sealer.seal({ tx: stored }, TRANSACTION_TTL_SEC)}`
     if (Buffer.byteLength(slot) + 1 + Buffer.byteLength(value) > MAX_TRANSACTION_COOKIE_BYTES) {
       throw new SsoError('bad_request', `callback_url, state and redirect together are too long for the login cookie (${MAX_TRANSACTION_COOKIE_BYTES} bytes)`)
     }
@@ -121,6 +143,7 @@ export class TransactionCodec {
     if (typeof transaction?.state !== 'string' || !timingSafeEqualText(transaction.state, state)) {
       throw new SsoError('invalid_state', 'state does not match the login transaction')
     }
+    transaction.returnTo ??= transaction.state.slice(0, transaction.state.lastIndexOf('#'))
     let first: boolean
     try {
       first = await this.#claimOnce(transaction.state, exp)

@@ -64,6 +64,10 @@ export interface StackOptions<D extends UserDirectory = MemoryDirectory> {
   protectedRoute?: boolean
   /** Settings of the realm's client for the apiserver, over the defaults (e.g. `useRefreshTokens: false`). */
   client?: Partial<RealmClient>
+  /** How the host registers the plugin (for example in a prefixed context); default `app.register(clearmlKeycloak, options)`. */
+  mount?: (app: FastifyInstance, options: ClearmlKeycloakOptions) => Promise<void>
+  /** The host's own routes and hooks, added after the plugin and before the server listens. */
+  host?: (app: FastifyInstance) => void | Promise<void>
 }
 
 export async function startStack<D extends UserDirectory = MemoryDirectory> (options: StackOptions<D> = {}): Promise<Stack<D>> {
@@ -92,13 +96,16 @@ export async function startStack<D extends UserDirectory = MemoryDirectory> (opt
   const app = Fastify({
     logger: { level: 'info', stream: { write: (line: string) => { logs.push(line) } } }
   })
-  await app.register(clearmlKeycloak, { directory, webappUrl: appUrl, env, ...options.plugin })
+  const pluginOptions: ClearmlKeycloakOptions = { directory, webappUrl: appUrl, env, ...options.plugin }
+  if (options.mount !== undefined) await options.mount(app, pluginOptions)
+  else await app.register(clearmlKeycloak, pluginOptions)
   if (options.protectedRoute === true) {
     app.get('/me', { preHandler: app.keycloak.authenticate }, async (request) => request.clearmlIdentity)
     // As a host calls it from a hook of its own.
     app.get('/me-direct', { preHandler: async (request, reply) => { await app.keycloak.authenticate(request, reply) } }, async (request) => request.clearmlIdentity)
   }
   app.get('/', async () => 'home')
+  await options.host?.(app)
   await app.listen({ port, host: '127.0.0.1' })
 
   const login: Stack<D>['login'] = async (username, opts = {}) => {
