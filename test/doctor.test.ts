@@ -167,7 +167,8 @@ t.test('a wrong base_url', async (t) => {
     discovery: { message: /\/realms\/clearm1\/\.well-known\/openid-configuration answered HTTP 404: no realm there/, fix: /base_url to the realm's URL, e\.g\. https:\/\/kc\.example\.com\/realms\/<realm>/ }
   }, { need: 'discovery', ids: others })
 
-  // The realm answers under another name than the one configured: Keycloak behind a proxy, say.
+  // The realm answers under another name than the one configured: Keycloak behind a proxy, say. The
+  // client secret is not sent to a realm that is not the configured one.
   const alias = idp.issuer.replace('127.0.0.1', 'localhost')
   const renamed = await runDoctor({ env: envFor(alias), webappUrl: WEBAPP })
   assertFailures(t, renamed, {
@@ -175,7 +176,7 @@ t.test('a wrong base_url', async (t) => {
       message: new RegExp(`the realm calls itself ${idp.issuer}, not ${alias}: every token would be refused`),
       fix: new RegExp(`set CLEARML__services__login__sso__oauth_client__keycloak__base_url to ${idp.issuer}`)
     }
-  })
+  }, { need: 'issuer', ids: ['client'] })
 })
 
 t.test('an unreachable Keycloak fails discovery, and nothing else is checked', async (t) => {
@@ -498,6 +499,80 @@ t.test('answers of other Keycloak versions and of broken deployments', async (t)
     const result = byId(await runDoctor({ env: envFor(realm.issuer, env), webappUrl: WEBAPP }))[check]!
     t.match(result, { ok: expect.ok ?? false, message: expect.message, ...(expect.fix === undefined ? {} : { fix: expect.fix }) }, name)
   }
+})
+
+/** C0 and C1 control characters, DEL, and the Unicode line and paragraph separators in `text`. */
+function controlCharacters (text: string): string[] {
+  return [...text].filter((char) => {
+    const code = char.codePointAt(0)!
+    return code < 0x20 || (code >= 0x7f && code <= 0x9f) || code === 0x2028 || code === 0x2029
+  })
+}
+
+/** A plain HTTP server on loopback answering every request with `answer`, and remembering what came. */
+async function recordingServer (t: Test, answer: (req: IncomingMessage, body: string) => Answer): Promise<{ origin: string, seen: Array<{ method: string, url: string, authorization?: string, body: string }> }> {
+  const seen: Array<{ method: string, url: string, authorization?: string, body: string }> = []
+  const server = createServer((req, res) => {
+    let body = ''
+    req.on('data', (chunk: Buffer) => { body += chunk.toString('utf8') })
+    req.on('end', () => {
+      seen.push({ method: req.method!, url: req.url!, authorization: req.headers.authorization, body })
+      const reply = answer(req, body)
+      const text = typeof reply.body === 'string' ? reply.body : JSON.stringify(reply.body)
+      res.writeHead(reply.status ?? 200, { 'content-type': typeof reply.body === 'string' ? 'text/html' : 'application/json', ...reply.headers }).end(text)
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => {
+    server.closeAllConnections()
+    await new Promise((resolve) => server.close(resolve))
+  })
+  return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen }
+}
+
+t.test('security review #22, 7: a discovery document of three hosts gets no secret, and nothing it says forges a line', async (t) => {
+  const forgedLine = '✔ issuer        the realm calls itself https://kc.example.com/realms/clearml, as base_url says'
+  // The third host: whatever the document points at. It records every request, and answers as a
+  // Keycloak would that accepted anything.
+  const third = await recordingServer(t, (req) => req.url!.startsWith('/certs')
+    ? { body: { keys: [{ kty: `RSA\n${forgedLine}`, alg: 'XS1\r\n✔ jwks          fine\u001b[32m', kid: 'k' }, ...Array.from({ length: 50 }, (_, i) => ({ kty: 'oct', alg: `A${i}${'x'.repeat(300)}`, kid: `k${i}` }))] } }
+    : req.url!.startsWith('/token') ? { body: { access_token: 'x', token_type: 'Bearer' } } : { body: '<html>login</html>' })
+  // The realm's host serves a discovery document naming someone else as issuer, endpoints on the third.
+  const realm = await recordingServer(t, () => ({
+    body: {
+      issuer: `someone-else\n${forgedLine}\u2028✔ client        Keycloak accepts client "clearml"`,
+      authorization_endpoint: `${third.origin}/auth`,
+      token_endpoint: `${third.origin}/token`,
+      jwks_uri: `${third.origin}/certs`,
+      end_session_endpoint: `${third.origin}/logout`
+    }
+  }))
+  const env = envFor(`${realm.origin}/realms/clearml`)
+  const text = await doctor(['doctor', '--webapp-url', WEBAPP], env)
+  const json = await doctor(['doctor', '--json', '--webapp-url', WEBAPP], env)
+
+  t.strictSame(third.seen.filter((request) => request.authorization !== undefined), [], 'no request with an Authorization header reached the third host')
+  const secretForms = [CLIENT_SECRET, encodeURIComponent(CLIENT_SECRET), Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64')]
+  t.notOk(third.seen.some((request) => secretForms.some((form) => request.body.includes(form) || request.url.includes(form))), 'nor the secret in any form')
+
+  const report = JSON.parse(json.stdout) as DoctorReport
+  const lines = text.stdout.trimEnd().split('\n')
+  t.strictSame(lines.filter((line) => /^[✔✖]/.test(line)).map((line) => line.split(/\s+/)[1]), report.checks.map((check) => check.id), 'one line per check, no other ✔ or ✖ line')
+  t.equal(lines.filter((line) => line.includes('✔ issuer')).length, 0, 'no forged "✔ issuer" line, nor one inside a line')
+  t.strictSame(controlCharacters(text.stdout.replaceAll('\n', '')), [], 'the text has no control character but its line ends')
+  for (const check of report.checks) {
+    for (const [field, value] of Object.entries({ message: check.message, fix: (check as { fix?: string }).fix ?? '' })) {
+      t.strictSame(controlCharacters(value), [], `${check.id}.${field}: no control character or line separator`)
+      t.ok(value.length <= 1000, `${check.id}.${field}: bounded (${value.length} characters)`)
+    }
+  }
+  t.match(byId(report), {
+    issuer: { ok: false, message: /^the realm calls itself someone-else\\n\\u2714 issuer {8}the realm calls itself https:\/\/kc\.example\.com\/realms\/clearml, as base_url says\\u2028\\u2714 client {8}Keycloak accepts client "clearml", not http:\/\/127\.0\.0\.1:\d+\/realms\/clearml: every token would be refused$/ },
+    client: { ok: false, message: 'not checked: needs issuer', fix: 'fix issuer first' },
+    // Each name the key set gives escaped and cut at 40 characters, eight of the 51 named.
+    jwks: { ok: false, message: /\(it publishes XS1\\r\\n\\u2714 jwks {10}fine\\u001b\[3…(, A\dx{38}…){7} and 43 more\)$/ }
+  })
+  assertNothingSecret(t, text.stdout + json.stdout)
 })
 
 t.test('the command line', async (t) => {
