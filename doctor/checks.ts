@@ -6,6 +6,7 @@
 import { checkClient, checkEndSession, checkRedirectUri } from './client-checks.js'
 import { checkClock } from './clock-check.js'
 import { checkDiscovery, checkEndpoints, checkIssuer, checkJwks } from './realm-checks.js'
+import { checkOfflineAccess, checkRevocation } from './session-checks.js'
 import type { KeycloakCheck } from './report.js'
 
 export const KEYCLOAK_CHECKS: KeycloakCheck[] = [
@@ -18,5 +19,8 @@ export const KEYCLOAK_CHECKS: KeycloakCheck[] = [
   { id: 'client', needs: ['discovery', 'issuer'], run: checkClient },
   { id: 'redirect_uri', needs: ['discovery'], run: checkRedirectUri },
   { id: 'end_session', needs: ['discovery'], appliesTo: (config) => config.idpLogout, run: checkEndSession },
+  // Sessions that follow Keycloak (session.revalidate_sec > 0), read from the realm's own document.
+  { id: 'revocation', needs: ['discovery', 'issuer'], appliesTo: (config) => config.session.revalidateSec > 0, run: checkRevocation },
+  { id: 'offline_access', needs: ['discovery', 'issuer'], appliesTo: (config) => config.session.revalidateSec > 0 && config.session.follows === 'user', run: checkOfflineAccess },
   { id: 'clock', needs: ['discovery'], run: checkClock }
 ]
