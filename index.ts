@@ -28,7 +28,7 @@ export {
 } from './lib/rules/policy.js'
 export { mapClaims } from './lib/rules/identity.js'
 export { diagnosticsChannels, type LoginEvent, type IdpCallEvent, type IdpEndpoint, type JwksFetchEvent, type JwksFetchReason, type AuthRefusedEvent, type RevalidateEvent } from './lib/diagnostics.js'
-export type { Explanation, ExplainInput } from './lib/rules/explain.js'
+export type { Explanation, ExplainInput, ExplainScope } from './lib/rules/explain.js'
 export type { LoginPlan, UserStatus, SignupVerdict, RoleVerdict, ProfileChange, ProfileField } from './lib/rules/login.js'
 export { testDirectory, type DirectoryFactory, type DirectoryContractTest, type TestDirectoryOptions } from './lib/directory/test-directory.js'
 /** Log paths to redact in the host's pino logger: the session cookie and bearer tokens. */

@@ -58,7 +58,7 @@ export function discoveryUrl (config: KeycloakConfig): string {
 
 /**
  * A URL as the doctor prints it: without credentials, query or fragment (an operator may have put a
- * password in a URL; a query may carry anything), and bounded, since a Keycloak answer can name it.
+ * password in a URL; a query may carry anything), and `printable`, since a Keycloak answer can name it.
  */
 export function shown (value: unknown): string {
   let text = String(value)
@@ -66,7 +66,26 @@ export function shown (value: unknown): string {
     const url = new URL(text)
     text = `${url.protocol}//${url.host}${url.pathname}`
   } catch {}
-  return text.length > 200 ? `${text.slice(0, 200)}…` : text
+  return printable(text)
+}
+
+const PRINTABLE_ASCII = /^[\x20-\x7e]$/
+const ESCAPES: Readonly<Record<string, string>> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
+
+/**
+ * A value from Keycloak (or from a document that claims to be Keycloak's) as the doctor prints it, in
+ * the text and in `--json` alike: every character but printable ASCII escaped (`\n`, `\u2714`), so
+ * no value can start a line of its own (a forged "✔ issuer" line), colour or clear the terminal, or
+ * reorder the text around it; and at most `max` characters, escapes included, then "…".
+ */
+export function printable (value: string, max = 200): string {
+  let text = ''
+  for (const char of value) {
+    const piece = PRINTABLE_ASCII.test(char) ? char : ESCAPES[char] ?? `\\u${char.codePointAt(0)!.toString(16).padStart(4, '0')}`
+    if (text.length + piece.length > max) return `${text}…`
+    text += piece
+  }
+  return text
 }
 
 /**

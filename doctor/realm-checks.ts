@@ -6,7 +6,7 @@
 import { importJWK, type JWK } from 'jose'
 import { settingName } from '../lib/config/settings.js'
 import { isJsonObject } from '../lib/keycloak/http.js'
-import { discoveryUrl, shown, type DoctorContext } from './context.js'
+import { discoveryUrl, printable, shown, type DoctorContext } from './context.js'
 import { fail, pass, type Verdict } from './report.js'
 
 const REALM_URL_FIX = `set ${settingName('baseUrl')} to the realm's URL, e.g. https://kc.example.com/realms/<realm> (Keycloak before 17: https://kc.example.com/auth/realms/<realm>)`
@@ -101,9 +101,11 @@ export async function checkJwks ({ config, endpoints, keySet }: DoctorContext): 
     if (count > 0) usable.push(`${count} ${alg}`)
   }
   if (usable.length > 0) return pass(`${url} has signing keys: ${usable.join(', ')}`)
-  const published = [...new Set(keys.filter((key) => key.use !== 'enc').map((key) => key.alg ?? String(key.kty)))]
+  // Names the key set gives itself: whatever it sent, so escaped, bounded, and a few of them only.
+  const published = [...new Set(keys.filter((key) => key.use !== 'enc').map((key) => printable(String(key.alg ?? key.kty), 40)))]
+  const named = published.length > 8 ? `${published.slice(0, 8).join(', ')} and ${published.length - 8} more` : published.join(', ')
   return fail(
-    `${url} has no signing key for ${config.algorithms.join(', ')} (it publishes ${published.length === 0 ? 'no signing key' : published.join(', ')})`,
+    `${url} has no signing key for ${config.algorithms.join(', ')} (it publishes ${published.length === 0 ? 'no signing key' : named})`,
     `set ${settingName('algorithms')} to the algorithm of the realm's active key (Realm settings → Keys), e.g. ["RS256"]`
   )
 }

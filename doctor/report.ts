@@ -5,7 +5,7 @@
 import type { KeycloakConfig } from '../lib/config/settings.js'
 import type { DoctorContext } from './context.js'
 
-export type CheckId = 'config' | 'discovery' | 'issuer' | 'endpoints' | 'jwks' | 'client' | 'redirect_uri' | 'end_session' | 'clock'
+export type CheckId = 'config' | 'discovery' | 'issuer' | 'endpoints' | 'jwks' | 'client' | 'redirect_uri' | 'end_session' | 'revocation' | 'offline_access' | 'clock'
 
 /** What one check concludes. A failure always says what to change, in one line. */
 export type Verdict =

@@ -10,7 +10,7 @@ import { readConfig, settingName, weakSettings, type KeycloakConfig, type Keyclo
 import type { UserDirectory } from '../lib/directory/user-directory.js'
 import { DIRECTORY_METHODS } from '../lib/directory/user-directory.js'
 import { ConfigError } from '../lib/errors.js'
-import { explainLogin, explainSourceOf, type Explanation, type ExplainInput } from '../lib/rules/explain.js'
+import { explainLogin, explainSourceOf, type Explanation, type ExplainInput, type ExplainScope } from '../lib/rules/explain.js'
 import type { Claims, Identity } from '../lib/rules/identity.js'
 import type { LoginResult } from '../lib/rules/login.js'
 import { MemoryRevocationStore, type RevocationStore } from '../lib/session/revocations.js'
@@ -61,8 +61,12 @@ export interface ClearmlKeycloakDecorator {
   verifyAccessToken(token: string): Promise<JWTPayload>
   mapClaims(claims: Claims): Identity
   login(input: Claims | Identity): Promise<LoginResult>
-  /** What a login would do for these claims, this identity or this access token, and why; writes nothing. */
-  explain(input: ExplainInput): Promise<Explanation>
+  /**
+   * What a login would do for these claims, this identity or this access token, and why; writes
+   * nothing. With `{ company }`, as `login.sso_explain` asks for an admin: only logins into that
+   * company, every other company invisible; without it, the whole directory.
+   */
+  explain(input: ExplainInput, options?: ExplainScope): Promise<Explanation>
   /**
    * A preHandler hook; or `await fastify.keycloak.authenticate(request, reply)` from a hook of yours.
    * Accepts a ClearML session (cookie or `Authorization: Bearer`) and, with `bearer.keycloak`, a
@@ -164,7 +168,7 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     verifyAccessToken: async (token: string) => await sso.verifyAccessToken(token),
     mapClaims: (claims: Claims) => sso.mapClaims(claims),
     login: async (input: Claims | Identity) => await sso.login(input),
-    explain: async (input: ExplainInput) => await explainLogin(explainSourceOf(input), explainContext),
+    explain: async (input: ExplainInput, scope?: ExplainScope) => await explainLogin(explainSourceOf(input), explainContext, scope),
     authenticate,
     sessionOf,
     requireLogin,
@@ -179,7 +183,7 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     supportedModes: options.routes?.supportedModes !== false,
     tokenOf,
     supportedModesData: supportedModes,
-    explain: options.routes?.explain === true ? async (source) => await explainLogin(source, explainContext) : undefined,
+    explain: options.routes?.explain === true ? async (source, scope) => await explainLogin(source, explainContext, scope) : undefined,
     authenticate
   })
 }

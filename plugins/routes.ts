@@ -29,8 +29,8 @@ export interface RoutesOptions {
   tokenOf: (request: FastifyRequest) => string | undefined
   /** `login.supported_modes`' data; shared with the `supportedModes()` decorator. */
   supportedModesData: (request?: FastifyRequest, reply?: FastifyReply) => Promise<Static<typeof SupportedModesData>>
-  /** Registers the admin-only `login.sso_explain` when given. */
-  explain?: (source: ExplainSource) => Promise<Explanation>
+  /** Registers the admin-only `login.sso_explain` when given; it explains logins into the admin's company only. */
+  explain?: (source: ExplainSource, scope: { company: string }) => Promise<Explanation>
   /** The `authenticate` hook: the explain route needs a session. */
   authenticate: (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void
 }
@@ -196,7 +196,7 @@ export async function routes (fastify: FastifyInstance, options: RoutesOptions):
   // login.sso_explain --------------------------------------------------------------------------
   if (options.explain !== undefined) {
     const explain = options.explain
-    // An admin's own session says who may see how any login is decided. POST only: an access token
+    // An admin's own session says who may see how a login into their company is decided. POST only: an access token
     // never travels in a URL, where logs and browser history keep it.
     const requireAdmin = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
       const identity = request.clearmlIdentity!
@@ -214,7 +214,10 @@ export async function routes (fastify: FastifyInstance, options: RoutesOptions):
     }, async (request) => {
       const { claims, access_token: accessToken } = request.body
       if ((claims === undefined) === (accessToken === undefined)) throw new SsoError('bad_request', 'login.sso_explain takes either claims or access_token')
-      return envelope('login.sso_explain', await explain(claims !== undefined ? { claims } : { accessToken: accessToken! }))
+      // An admin administers one company: another tenant's users, whitelist and groups stay invisible,
+      // so the answer for one of its users is the answer for an address nobody has.
+      const scope = { company: request.clearmlIdentity!.company }
+      return envelope('login.sso_explain', await explain(claims !== undefined ? { claims } : { accessToken: accessToken! }, scope))
     })
   }
 

@@ -174,6 +174,32 @@ t.test('key rotation: forged tokens on unauthenticated channels cannot hold off 
   t.equal(await status(h, await access(h)), 200, 'and bearer tokens under the new key verify with the reloaded set')
 })
 
+t.test('security review #22, 4: forged tokens against a failing key-set endpoint cost a couple of requests; a login still loads the set at once', async (t) => {
+  // No login yet: the key set has never been loaded, and the certs endpoint fails.
+  const h = await harness(t, {}, undefined, { bearer: { keycloak: true } })
+  const certs = (): number => h.idp.hits.get('/realms/test/protocol/openid-connect/certs') ?? 0
+  h.idp.override.certs = () => ({ status: 503, body: { error: 'down' } })
+  const forger = await newKey()
+  const forgedKey = (): typeof forger => ({ ...forger, kid: `made-up-${Math.random()}` })
+  const logoutClaims = () => ({ iss: h.idp.issuer, aud: 'clearml', iat: Math.floor(Date.now() / 1000), jti: String(Math.random()), sid: 'kc-session-1', events: { 'http://schemas.openid.net/event/backchannel-logout': {} } })
+  const statuses = { bearer: new Set<number>(), backchannel: new Set<number>() }
+  // One after the other: concurrent ones would share one fetch anyway; sequential ones each found no set.
+  for (let i = 0; i < 100; i++) {
+    statuses.bearer.add(await status(h, await h.idp.sign(h.idp.accessClaims(), { key: forgedKey() })))
+    const logout = await h.idp.sign(logoutClaims(), { key: forgedKey(), header: { typ: 'logout+jwt' } })
+    statuses.backchannel.add((await h.app.inject({ method: 'POST', url: '/logout/backchannel', payload: `logout_token=${logout}`, headers: { 'content-type': 'application/x-www-form-urlencoded' } })).statusCode)
+  }
+  t.ok(certs() <= 2, `200 forged tokens on the bearer and back-channel channels: ${certs()} key-set request(s)`)
+  t.strictSame([...statuses.bearer], [502], 'bearer: each refused as Keycloak being unavailable (idp_unavailable)')
+  t.strictSame([...statuses.backchannel], [400], 'back-channel: each refused with 400, as that route refuses everything')
+
+  // Keycloak answers again: a login's key-set load is not held off by the back-off the forged tokens met.
+  delete h.idp.override.certs
+  t.equal((await login(h)).location, '/', 'the next login succeeds at once')
+  t.equal(await status(h, await access(h)), 200, 'and genuine bearer tokens verify with the set it loaded')
+  t.equal(await status(h, await h.idp.sign(h.idp.accessClaims(), { key: forgedKey() })), 401, 'forged ones are invalid_token again')
+})
+
 t.test('a cached token: refused once it expires; with an asynchronous store, verified once and checked every time', async (t) => {
   const h = await withKnownUser(t)
   const brief = await access(h, { exp: Math.floor(Date.now() / 1000) + 1 })

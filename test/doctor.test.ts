@@ -21,7 +21,11 @@ const CLIENT_ID = 'clearml'
 const CLIENT_SECRET = 'doctor-client-secret-Zq8wVt'
 const TOKEN_SECRET = 'doctor-token-secret-0123456789abcdefXYZ'
 const WEBAPP = 'https://clearml.example.com'
-const ALL_CHECKS: CheckId[] = ['config', 'discovery', 'issuer', 'endpoints', 'jwks', 'client', 'redirect_uri', 'end_session', 'clock']
+/** Every check, in report order. */
+const EVERY_CHECK: CheckId[] = ['config', 'discovery', 'issuer', 'endpoints', 'jwks', 'client', 'redirect_uri', 'end_session', 'revocation', 'offline_access', 'clock']
+/** The checks `envFor`'s environment runs: not those of sessions that follow Keycloak (revalidation is off there). */
+const ALL_CHECKS: CheckId[] = EVERY_CHECK.filter((id) => id !== 'revocation' && id !== 'offline_access')
+const SESSION = `${KC}session__`
 const JWT = /eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+/
 
 type Env = Record<string, string | undefined>
@@ -34,6 +38,9 @@ function envFor (issuer: string, extra: Env = {}): Env {
     [`${KC_SECURE}client_secret`]: `"${CLIENT_SECRET}"`,
     [`${KC}idp_logout`]: 'true',
     CLEARML__secure__auth__token_secret: TOKEN_SECRET,
+    // Revalidation off: the checks of sessions that follow Keycloak (revocation, offline_access) have
+    // tests of their own, below and against the provider.
+    [`${SESSION}revalidate_sec`]: '0',
     ...extra
   }
   return Object.fromEntries(Object.entries(env).filter(([, value]) => value !== undefined))
@@ -113,6 +120,11 @@ t.test('a correct setup passes every check, one ✔ line each, and exits 0', asy
   const withoutLogout = await runDoctor({ env: envFor(idp.issuer, { [`${KC}idp_logout`]: undefined }), webappUrl: WEBAPP })
   t.strictSame(withoutLogout.checks.map((check) => check.id), ALL_CHECKS.filter((id) => id !== 'end_session'), 'end_session only with idp_logout')
   t.equal(withoutLogout.ok, true)
+
+  // Revalidation at its default: the provider advertises what sessions that follow Keycloak need.
+  const following = await runDoctor({ env: envFor(idp.issuer, { [`${SESSION}revalidate_sec`]: undefined }), webappUrl: WEBAPP })
+  t.strictSame(following.checks.map((check) => [check.id, check.ok]), EVERY_CHECK.map((id) => [id, true]), 'revocation and offline_access pass against the Keycloak-like provider')
+  t.match(byId(following).revocation!.message, `${idp.issuer}/protocol/openid-connect/revoke`)
 })
 
 t.test('a wrong client secret fails only client, and the secret is never printed', async (t) => {
@@ -167,7 +179,8 @@ t.test('a wrong base_url', async (t) => {
     discovery: { message: /\/realms\/clearm1\/\.well-known\/openid-configuration answered HTTP 404: no realm there/, fix: /base_url to the realm's URL, e\.g\. https:\/\/kc\.example\.com\/realms\/<realm>/ }
   }, { need: 'discovery', ids: others })
 
-  // The realm answers under another name than the one configured: Keycloak behind a proxy, say.
+  // The realm answers under another name than the one configured: Keycloak behind a proxy, say. The
+  // client secret is not sent to a realm that is not the configured one.
   const alias = idp.issuer.replace('127.0.0.1', 'localhost')
   const renamed = await runDoctor({ env: envFor(alias), webappUrl: WEBAPP })
   assertFailures(t, renamed, {
@@ -175,7 +188,7 @@ t.test('a wrong base_url', async (t) => {
       message: new RegExp(`the realm calls itself ${idp.issuer}, not ${alias}: every token would be refused`),
       fix: new RegExp(`set CLEARML__services__login__sso__oauth_client__keycloak__base_url to ${idp.issuer}`)
     }
-  })
+  }, { need: 'issuer', ids: ['client'] })
 })
 
 t.test('an unreachable Keycloak fails discovery, and nothing else is checked', async (t) => {
@@ -243,8 +256,8 @@ t.test('configuration problems fail config and leave nothing to check Keycloak w
       message: /CLEARML__secure__login__sso__oauth_client__keycloak__client_secret is required.*; CLEARML__services__login__sso__oauth_client__keycloak__idp_logout must be true or false/,
       fix: /^correct .*client_secret, .*idp_logout, .*base_url as the message says$/
     }
-  }, { need: 'config', ids: ALL_CHECKS.slice(1) })
-  t.strictSame(report.checks.map((check) => check.id), ALL_CHECKS, 'every check is listed, end_session too: idp_logout could not be read')
+  }, { need: 'config', ids: EVERY_CHECK.slice(1) })
+  t.strictSame(report.checks.map((check) => check.id), EVERY_CHECK, 'every check is listed, end_session and the session checks too: their settings could not be read')
 })
 
 t.test('the web app URL: --webapp-url, else CLEARML_WEB_HOST; without one redirect_uri says to pass it', async (t) => {
@@ -498,6 +511,152 @@ t.test('answers of other Keycloak versions and of broken deployments', async (t)
     const result = byId(await runDoctor({ env: envFor(realm.issuer, env), webappUrl: WEBAPP }))[check]!
     t.match(result, { ok: expect.ok ?? false, message: expect.message, ...(expect.fix === undefined ? {} : { fix: expect.fix }) }, name)
   }
+})
+
+/** C0 and C1 control characters, DEL, and the Unicode line and paragraph separators in `text`. */
+function controlCharacters (text: string): string[] {
+  return [...text].filter((char) => {
+    const code = char.codePointAt(0)!
+    return code < 0x20 || (code >= 0x7f && code <= 0x9f) || code === 0x2028 || code === 0x2029
+  })
+}
+
+/** A plain HTTP server on loopback answering every request with `answer`, and remembering what came. */
+async function recordingServer (t: Test, answer: (req: IncomingMessage, body: string) => Answer): Promise<{ origin: string, seen: Array<{ method: string, url: string, authorization?: string, body: string }> }> {
+  const seen: Array<{ method: string, url: string, authorization?: string, body: string }> = []
+  const server = createServer((req, res) => {
+    let body = ''
+    req.on('data', (chunk: Buffer) => { body += chunk.toString('utf8') })
+    req.on('end', () => {
+      seen.push({ method: req.method!, url: req.url!, authorization: req.headers.authorization, body })
+      const reply = answer(req, body)
+      const text = typeof reply.body === 'string' ? reply.body : JSON.stringify(reply.body)
+      res.writeHead(reply.status ?? 200, { 'content-type': typeof reply.body === 'string' ? 'text/html' : 'application/json', ...reply.headers }).end(text)
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => {
+    server.closeAllConnections()
+    await new Promise((resolve) => server.close(resolve))
+  })
+  return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen }
+}
+
+t.test('security review #22, 7: a discovery document of three hosts gets no secret, and nothing it says forges a line', async (t) => {
+  const forgedLine = '✔ issuer        the realm calls itself https://kc.example.com/realms/clearml, as base_url says'
+  // The third host: whatever the document points at. It records every request, and answers as a
+  // Keycloak would that accepted anything.
+  const third = await recordingServer(t, (req) => req.url!.startsWith('/certs')
+    ? { body: { keys: [{ kty: `RSA\n${forgedLine}`, alg: 'XS1\r\n✔ jwks          fine\u001b[32m', kid: 'k' }, ...Array.from({ length: 50 }, (_, i) => ({ kty: 'oct', alg: `A${i}${'x'.repeat(300)}`, kid: `k${i}` }))] } }
+    : req.url!.startsWith('/token') ? { body: { access_token: 'x', token_type: 'Bearer' } } : { body: '<html>login</html>' })
+  // The realm's host serves a discovery document naming someone else as issuer, endpoints on the third.
+  const realm = await recordingServer(t, () => ({
+    body: {
+      issuer: `someone-else\n${forgedLine}\u2028✔ client        Keycloak accepts client "clearml"`,
+      authorization_endpoint: `${third.origin}/auth`,
+      token_endpoint: `${third.origin}/token`,
+      jwks_uri: `${third.origin}/certs`,
+      end_session_endpoint: `${third.origin}/logout`
+    }
+  }))
+  const env = envFor(`${realm.origin}/realms/clearml`)
+  const text = await doctor(['doctor', '--webapp-url', WEBAPP], env)
+  const json = await doctor(['doctor', '--json', '--webapp-url', WEBAPP], env)
+
+  t.strictSame(third.seen.filter((request) => request.authorization !== undefined), [], 'no request with an Authorization header reached the third host')
+  const secretForms = [CLIENT_SECRET, encodeURIComponent(CLIENT_SECRET), Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64')]
+  t.notOk(third.seen.some((request) => secretForms.some((form) => request.body.includes(form) || request.url.includes(form))), 'nor the secret in any form')
+
+  const report = JSON.parse(json.stdout) as DoctorReport
+  const lines = text.stdout.trimEnd().split('\n')
+  t.strictSame(lines.filter((line) => /^[✔✖]/.test(line)).map((line) => line.split(/\s+/)[1]), report.checks.map((check) => check.id), 'one line per check, no other ✔ or ✖ line')
+  t.equal(lines.filter((line) => line.includes('✔ issuer')).length, 0, 'no forged "✔ issuer" line, nor one inside a line')
+  t.strictSame(controlCharacters(text.stdout.replaceAll('\n', '')), [], 'the text has no control character but its line ends')
+  for (const check of report.checks) {
+    for (const [field, value] of Object.entries({ message: check.message, fix: (check as { fix?: string }).fix ?? '' })) {
+      t.strictSame(controlCharacters(value), [], `${check.id}.${field}: no control character or line separator`)
+      t.ok(value.length <= 1000, `${check.id}.${field}: bounded (${value.length} characters)`)
+    }
+  }
+  t.match(byId(report), {
+    issuer: { ok: false, message: /^the realm calls itself someone-else\\n\\u2714 issuer {8}the realm calls itself https:\/\/kc\.example\.com\/realms\/clearml, as base_url says\\u2028\\u2714 client {8}Keycloak accepts client "clearml", not http:\/\/127\.0\.0\.1:\d+\/realms\/clearml: every token would be refused$/ },
+    client: { ok: false, message: 'not checked: needs issuer', fix: 'fix issuer first' },
+    // Each name the key set gives escaped and cut at 40 characters, eight of the 51 named.
+    jwks: { ok: false, message: /\(it publishes XS1\\r\\n\\u2714 jwks {10}fine\\u001b\[3…(, A\dx{38}…){7} and 43 more\)$/ }
+  })
+  assertNothingSecret(t, text.stdout + json.stdout)
+})
+
+t.test('sessions that follow Keycloak: the realm advertises a revocation endpoint and offline_access (issue #20)', async (t) => {
+  const realm = await startScriptedRealm(t)
+  const oidc = `${realm.issuer}/protocol/openid-connect`
+  const keycloakLike = { ...realm.document, revocation_endpoint: `${oidc}/revoke`, scopes_supported: ['openid', 'offline_access', 'profile', 'email', 'roles'] }
+  // Revalidation at its default (300 s) and session.follows at its default (user).
+  const following = (extra: Env = {}): Env => envFor(realm.issuer, { [`${SESSION}revalidate_sec`]: undefined, ...extra })
+  const run = async (document: Record<string, unknown>, env = following()): Promise<DoctorReport> => {
+    realm.document = document
+    return await runDoctor({ env, webappUrl: WEBAPP })
+  }
+
+  const healthy = await run(keycloakLike)
+  t.strictSame(healthy.checks.map((check) => check.id), EVERY_CHECK, 'with revalidation on, both checks run, before clock')
+  assertFailures(t, healthy, {})
+  t.match(byId(healthy), {
+    revocation: { message: `the realm advertises its revocation endpoint ${oidc}/revoke: a logout revokes the session's refresh token there` },
+    offline_access: { message: 'the realm offers the offline_access scope, which the login asks for (CLEARML__services__login__sso__oauth_client__keycloak__session__follows=user)' }
+  })
+  const text = await doctor(['doctor', '--webapp-url', WEBAPP], following())
+  t.match(text.stdout, /^✔ revocation +the realm advertises its revocation endpoint .*\n✔ offline_access +the realm offers the offline_access scope/m)
+  t.match(text.stdout, /All 11 checks passed\.\n$/)
+
+  const { revocation_endpoint: _, ...withoutRevocation } = keycloakLike
+  assertFailures(t, await run(withoutRevocation), {
+    revocation: {
+      message: /^discovery advertises no revocation_endpoint: a logout cannot revoke the session's refresh token, so each one leaves a Keycloak session \(an offline one with \S+session__follows=user\) behind$/,
+      fix: /^upgrade Keycloak to a release that serves token revocation .*, or set CLEARML__services__login__sso__oauth_client__keycloak__session__revalidate_sec=0 to keep sessions independent of Keycloak$/
+    }
+  })
+  for (const odd of [42, 'revoke', 'ftp://kc.example.com/revoke']) {
+    assertFailures(t, await run({ ...keycloakLike, revocation_endpoint: odd }), { revocation: { message: /^discovery advertises a revocation_endpoint that is not an http\(s\) URL \(.+\): a logout cannot revoke/ } })
+  }
+
+  const offlineFix = /^in the Keycloak console, Client scopes must have offline_access \(every new realm does; recreate it if it was deleted, .*Include in OpenID Provider Metadata.*\) and Clients → clearml → Client scopes must list it; or set CLEARML__services__login__sso__oauth_client__keycloak__session__follows=sso_session$/
+  assertFailures(t, await run({ ...keycloakLike, scopes_supported: ['openid', 'profile', 'email'] }), {
+    offline_access: { message: /^the realm's scopes_supported does not list offline_access, which the login asks for with \S+session__follows=user: Keycloak then refuses the login \(invalid_scope\) or issues no offline token to revalidate the session with$/, fix: offlineFix }
+  })
+  const { scopes_supported: __, ...withoutScopes } = keycloakLike
+  assertFailures(t, await run(withoutScopes), { offline_access: { message: /^the realm's scopes_supported is missing, so it does not list offline_access/, fix: offlineFix } })
+
+  // session.follows=sso_session asks for no offline token: only the revocation endpoint matters.
+  const online = await run(withoutScopes, following({ [`${SESSION}follows`]: 'sso_session' }))
+  t.strictSame(online.checks.map((check) => check.id), EVERY_CHECK.filter((id) => id !== 'offline_access'), 'follows=sso_session: no offline_access check')
+  assertFailures(t, online, {})
+  // Revalidation off: the session is independent of Keycloak after login; neither check runs.
+  const off = await run({ ...realm.document, revocation_endpoint: undefined, scopes_supported: undefined }, following({ [`${SESSION}revalidate_sec`]: '0' }))
+  t.strictSame(off.checks.map((check) => check.id), ALL_CHECKS, 'revalidate_sec=0: neither check runs, as end_session without idp_logout')
+  assertFailures(t, off, {})
+
+  // A document naming another issuer is not the realm's: what it advertises says nothing.
+  assertFailures(t, await run({ ...keycloakLike, issuer: 'https://someone-else.example/realms/x' }), { issuer: { message: /calls itself https:\/\/someone-else\.example\/realms\/x/ } }, { need: 'issuer', ids: ['client', 'revocation', 'offline_access'] })
+
+  // Every endpoint explicit: no document to read, said so, with what to check by hand.
+  const explicit = following({
+    [`${KC}base_url`]: undefined,
+    [`${KC}authorize_url`]: `${oidc}/auth`,
+    [`${KC}access_token_url`]: `${oidc}/token`,
+    [`${KC}jwks_url`]: `${oidc}/certs`,
+    [`${KC}logout_url`]: `${oidc}/logout`
+  })
+  const withoutDiscovery = await run(keycloakLike, explicit)
+  assertFailures(t, withoutDiscovery, {})
+  t.match(byId(withoutDiscovery), {
+    revocation: { message: `not read: CLEARML__services__login__sso__oauth_client__keycloak__base_url is unset, so there is no discovery document (Keycloak serves revocation at ${oidc}/revoke)` },
+    offline_access: { message: /^not read: .*base_url is unset, so there is no discovery document \(check by hand that Clients → clearml → Client scopes lists offline_access\)$/ }
+  })
+
+  // What the realm advertises is printed as every Keycloak value is: escaped and bounded.
+  const odd = await run({ ...keycloakLike, revocation_endpoint: 'revoke\n✔ clock  fine' })
+  t.match(byId(odd).revocation, { ok: false, message: /^discovery advertises a revocation_endpoint that is not an http\(s\) URL \(revoke\\n\\u2714 clock {2}fine\): / })
 })
 
 t.test('the command line', async (t) => {

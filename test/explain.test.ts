@@ -8,6 +8,7 @@ import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import clearmlKeycloak, { SsoError, type Claims, type Identity, type LoginResult } from '../index.js'
 import type { Explanation, ExplainInput } from '../lib/rules/explain.js'
+import { companyView } from '../lib/directory/company-view.js'
 import { CountingDirectory, WRITES } from './helpers/counting-directory.js'
 import { startHostileIdp } from './helpers/hostile-idp.js'
 import { KC, KC_SECURE, seedAcme, startStack, type Stack } from './helpers/stack.js'
@@ -478,4 +479,99 @@ t.test('POST /login.sso_explain: admins only, the decorator\'s answer in the env
   }
   const get = await fetch(`${url}?access_token=x`, { headers: { cookie: alice } })
   t.equal(get.status, 404, 'no GET: a token never travels in a URL')
+})
+
+// Security review, issue #22, finding 3 -------------------------------------------------------------
+
+/** Globex, a second tenant: a user with a group and an avatar, a whitelisted domain, and an address of Acme's domain whitelisted into Globex. */
+async function seedGlobex (directory: CountingDirectory): Promise<string> {
+  directory.addCompany({ id: 'c-globex', name: 'Globex' })
+  const group = directory.addGroup('c-globex', 'globex-ml')
+  directory.addWhitelistEntry({ domain: 'globex.com', company: 'c-globex', role: 'admin' })
+  directory.addWhitelistEntry({ email: 'hank@acme.com', company: 'c-globex', role: 'admin' })
+  const gus = directory.addUser({ company: 'c-globex', name: 'Gus of Globex', email: 'gus@globex.com', role: 'admin', avatar: 'https://img.globex.example/gus.png' }, { provider: 'keycloak', subject: 'kc-gus' })
+  await directory.updateUserGroups(gus.id, { add: [group.id], remove: [] })
+  return gus.id
+}
+
+t.test('security review #22, 3: an admin explains logins into their own company; another company\'s are answered as unknown', async (t) => {
+  const { stack, directory } = await explainStack(t)
+  const gus = await seedGlobex(directory)
+  const { agent } = await stack.login('alice')
+  const alice = `clearml_token_basic=${agent.cookies(stack.appUrl).get('clearml_token_basic')!}`
+  directory.calls = []
+  const explainAsAcmeAdmin = async (body: Claims): Promise<Explanation> => {
+    const answer = await post(`${stack.appUrl}/login.sso_explain`, { claims: body }, alice)
+    t.equal(answer.status, 200)
+    return answer.json.data
+  }
+  // The same directory as Acme has it, in a world where Globex never existed: the answer it gives is
+  // what "unknown" looks like, whatever the claims.
+  const acmeOnly = await withPlugin(t, { [`${KC}groups__enabled`]: 'true', [`${KC}groups__admins`]: undefined }, await acme()())
+  const unknownAnswer = async (body: Claims): Promise<Explanation> => JSON.parse(JSON.stringify(await acmeOnly.keycloak.explain(body)))
+
+  const cases: Array<[string, Claims]> = [
+    ['a Globex user\'s subject and email', claims({ sub: 'kc-gus', email: 'gus@globex.com', name: 'Gus', groups: [] })],
+    ['a Globex user\'s email under a new subject', claims({ sub: 'kc-gus-2', email: 'gus@globex.com', name: 'Gus', groups: [] })],
+    ['a new address in a domain Globex whitelists (as admin)', claims({ sub: 'kc-gina', email: 'gina@globex.com', name: 'Gina', groups: [] })],
+    ['an address of Acme\'s domain Globex whitelists by itself', claims({ sub: 'kc-hank', email: 'hank@acme.com', name: 'Hank', groups: [] })]
+  ]
+  const globexTraces = [gus, 'c-globex', 'Globex', 'Gus of Globex', 'img.globex.example', 'globex-ml', '"admin"']
+  for (const [name, body] of cases) {
+    const seen = await explainAsAcmeAdmin(body)
+    t.strictSame(seen, await unknownAnswer(body), `${name}: the answer is exactly the one for a directory without Globex`)
+    const text = JSON.stringify(seen)
+    for (const trace of globexTraces) t.notOk(text.includes(trace), `${name}: nothing of Globex (${trace})`)
+  }
+
+  // Same stack, same answer for "exists in Globex" and "exists nowhere", the address aside.
+  const globexUser = JSON.stringify(await explainAsAcmeAdmin(claims({ sub: 'kc-gus', email: 'gus@globex.com', name: 'Gus', groups: [] })))
+  const nobody = JSON.stringify(await explainAsAcmeAdmin(claims({ sub: 'kc-nobody', email: 'gus@nowhere.example', name: 'Gus', groups: [] })))
+  t.equal(globexUser, nobody.replaceAll('kc-nobody', 'kc-gus').replaceAll('nowhere.example', 'globex.com'), 'a Globex user reads as an unknown address')
+
+  // The admin's own company is explained as before.
+  const own = await explainAsAcmeAdmin(claims())
+  t.match(own, { outcome: 'ok', user: { status: 'new' }, signup: { admit: true, company: 'c-acme' } })
+  const [aliceUser] = directory.listUsers().filter((user) => user.company === 'c-acme')
+  t.match(await explainAsAcmeAdmin(claims({ sub: 'kc-x', email: 'alice@acme.com' })), { user: { status: 'linked', id: aliceUser.id } }, 'an Acme user is found')
+
+  // The host's own decorator: unscoped by default, as before; `{ company }` gives the route's view.
+  t.match(await stack.app.keycloak.explain(cases[0][1]), { user: { status: 'found', id: gus } }, 'the decorator, by default, sees the whole directory')
+  t.strictSame(JSON.parse(JSON.stringify(await stack.app.keycloak.explain(cases[0][1], { company: 'c-acme' }))), await unknownAnswer(cases[0][1]), 'explain(input, { company }) is the route\'s view')
+  for (const scope of [{ company: '' }, { company: 42 }, null, 'c-acme', ['c-acme']]) {
+    await t.rejects(stack.app.keycloak.explain(cases[0][1], scope as never), { code: 'bad_request' }, `options ${JSON.stringify(scope)}: bad_request`)
+  }
+  t.strictSame(directory.writes(), [], 'nothing written')
+})
+
+t.test('companyView: one company\'s directory, every other company absent from it', async (t) => {
+  const directory = await acme()()
+  const gus = await seedGlobex(directory)
+  const ann = directory.addUser({ company: 'c-acme', name: 'Ann', email: 'ann@acme.com', role: 'user' }, { provider: 'keycloak', subject: 'kc-ann' })
+  directory.addWhitelistEntry({ email: 'ann.private@globex.com', company: 'c-acme' })
+  const [mlTeam] = await directory.findGroupsByName('c-acme', ['ml-team'], { caseSensitive: true })
+  await directory.updateUserGroups(ann.id, { add: [mlTeam.id], remove: [] })
+  const view = companyView(directory, 'c-acme')
+
+  t.strictSame(await view.getCompany('c-acme'), { id: 'c-acme', name: 'Acme' })
+  t.equal(await view.getCompany('c-globex'), null, 'another company does not exist')
+  t.match(await view.findUserByIdentity('keycloak', 'kc-ann'), { id: ann.id })
+  t.equal(await view.findUserByIdentity('keycloak', 'kc-gus'), null, 'nor its users, by subject')
+  t.equal(await view.findUserByIdentity('keycloak', 'kc-nobody'), null)
+  t.match(await view.findUserByEmail('ANN@acme.com'), { id: ann.id })
+  t.equal(await view.findUserByEmail('gus@globex.com'), null, 'or by email')
+  t.not(gus, ann.id)
+  for (const [email, entry, why] of [
+    ['someone@acme.com', { company: 'c-acme' }, 'the company\'s domain'],
+    ['gina@globex.com', null, 'another company\'s domain'],
+    ['hank@acme.com', { company: 'c-acme' }, 'an address of the company\'s domain whitelisted into another company: the domain\'s entry, as if that entry did not exist'],
+    ['ann.private@globex.com', { company: 'c-acme' }, 'an address the company whitelists in another company\'s domain'],
+    ['nobody@nowhere.example', null, 'an address nobody whitelists'],
+    ['acme.com', null, 'no @, no domain']
+  ] as const) t.strictSame(await view.findWhitelistEntry(email), entry, why)
+  t.strictSame((await view.findGroupsByName('c-acme', ['ml-team'], { caseSensitive: true })).map((group) => group.name), ['ml-team'])
+  t.strictSame(await view.findGroupsByName('c-globex', ['globex-ml'], { caseSensitive: true }), [], 'nor its groups')
+  t.strictSame((await view.listUserGroups('c-acme', ann.id)).map((group) => group.name), ['ml-team'])
+  t.strictSame(await view.listUserGroups('c-globex', gus), [], 'nor memberships in them')
+  t.strictSame(Object.keys(view).filter((method) => WRITES.includes(method as never)), [], 'and it cannot write')
 })

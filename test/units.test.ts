@@ -1,7 +1,7 @@
 /**
  * The small single-purpose modules, each against the cases its callers rely on.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { createServer } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import { execFileSync } from 'node:child_process'
@@ -10,10 +10,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
+import { exportJWK, generateKeyPair, jwtVerify, SignJWT, type JWK } from 'jose'
 import { MemoryRevocationStore } from '../index.js'
 import { OnceClaims } from '../lib/session/revocations.js'
 import { readClearmlEnv } from '../lib/config/clearml-env.js'
 import { callJson } from '../lib/keycloak/http.js'
+import { RemoteKeySet } from '../lib/keycloak/key-set.js'
 import { MemoryDirectory } from '../lib/directory/memory-directory.js'
 import { safeReturnPath, sameOriginUrl } from '../lib/redirects.js'
 import { Sealer } from '../lib/session/sealed.js'
@@ -451,4 +453,87 @@ t.test('error handler: unexpected errors are logged and answered in the envelope
   t.match(answer.json(), { meta: { endpoint: { name: 'test.bug' }, result_msg: 'internal_error' }, data: { error: 'internal_error' } })
   t.match(lines.join(''), /Keycloak SSO: unexpected error.*|a bug/)
   await app.close()
+})
+
+/** A certs endpoint that publishes `keys` or fails on demand, counting requests. */
+async function certsEndpoint (t: Test): Promise<{ url: string, keys: JWK[], failing: boolean, requests: number }> {
+  const endpoint = { url: '', keys: [] as JWK[], failing: false, requests: 0 }
+  const server = createServer((req, res) => {
+    endpoint.requests++
+    if (endpoint.failing) res.writeHead(503, { 'content-type': 'text/plain' }).end('down')
+    else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: endpoint.keys }))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.close() })
+  endpoint.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/certs`
+  return endpoint
+}
+
+async function signingKey (kid: string): Promise<{ jwk: JWK, sign: () => Promise<string> }> {
+  const { publicKey, privateKey } = await generateKeyPair('RS256')
+  const jwk = { ...await exportJWK(publicKey), kid, alg: 'RS256', use: 'sig' }
+  return { jwk, sign: async () => await new SignJWT({ sub: 'kc-1' }).setProtectedHeader({ alg: 'RS256', kid }).setIssuedAt().setExpirationTime('5m').sign(privateKey) }
+}
+
+const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
+
+t.test('security review #22, 4: a failed key-set load backs off, a failed refresh keeps the previous set, a login never waits', async (t) => {
+  const endpoint = await certsEndpoint(t)
+  const k1 = await signingKey('k1')
+  endpoint.keys = [k1.jwk]
+  const keySet = new RemoteKeySet({ url: async () => endpoint.url, timeoutMs: 2000, maxAgeMs: 150, cooldownMs: 1000 })
+  const verifies = async (token: string, getKey = keySet.getUntrustedKey): Promise<boolean> => (await jwtVerify(token, getKey)).payload.sub === 'kc-1'
+  const token = await k1.sign()
+
+  t.ok(await verifies(token), 'a genuine token verifies')
+  t.equal(endpoint.requests, 1)
+  endpoint.failing = true
+  await sleep(200)
+  t.ok(await verifies(token), 'past its maximum age, with the endpoint failing: the keys in memory still verify it')
+  t.equal(endpoint.requests, 2, 'after one attempt to refresh')
+  for (let i = 0; i < 50; i++) t.ok(await verifies(token, i % 2 === 0 ? keySet.getUntrustedKey : keySet.getKey), `again (${i})`)
+  t.equal(endpoint.requests, 2, 'and no more attempts while backing off, whichever channel asks')
+
+  // A rotation during the outage: the login's token names a key the set lacks, and is not held off.
+  const k2 = await signingKey('k2')
+  await t.rejects(verifies(await k2.sign(), keySet.getKey), { code: 'idp_unavailable' }, 'a login\'s unknown kid reloads at once, even backing off; Keycloak still fails')
+  t.equal(endpoint.requests, 3)
+  endpoint.failing = false
+  endpoint.keys = [k2.jwk, k1.jwk]
+  t.ok(await verifies(await k2.sign(), keySet.getKey), 'Keycloak answers again: the login\'s reload goes at once')
+  t.equal(endpoint.requests, 4)
+  t.ok(await verifies(token), 'and the set is fresh for every channel')
+  t.equal(endpoint.requests, 4)
+
+  endpoint.failing = true
+  await sleep(200)
+  t.ok(await verifies(token), 'a second outage: the previous set again')
+  t.equal(endpoint.requests, 5)
+  await sleep(1050)
+  t.ok(await verifies(token), 'after the back-off, one more attempt, and the previous set still')
+  t.equal(endpoint.requests, 6)
+})
+
+t.test('key set never loaded and the endpoint failing: unauthenticated channels back off, logins do not', async (t) => {
+  const endpoint = await certsEndpoint(t)
+  const k1 = await signingKey('k1')
+  endpoint.keys = [k1.jwk]
+  endpoint.failing = true
+  const keySet = new RemoteKeySet({ url: async () => endpoint.url, timeoutMs: 2000, cooldownMs: 10_000 })
+  const token = await k1.sign()
+  const message = /^key set \(jwks\) answered HTTP 503 without a key set at http:\/\/127\.0\.0\.1:\d+\/certs/
+  for (let i = 0; i < 100; i++) await t.rejects(jwtVerify(token, keySet.getUntrustedKey), { code: 'idp_unavailable', message }, `forged or not, refused as Keycloak being unavailable (${i})`)
+  t.equal(endpoint.requests, 1, '100 tokens from unauthenticated channels: one request')
+  await t.rejects(jwtVerify(token, keySet.getKey), { code: 'idp_unavailable' }, 'a login asks at once')
+  t.equal(endpoint.requests, 2)
+  endpoint.failing = false
+  await t.rejects(jwtVerify(token, keySet.getUntrustedKey), { code: 'idp_unavailable' }, 'unauthenticated channels wait out the back-off')
+  t.equal(endpoint.requests, 2)
+  t.equal((await jwtVerify(token, keySet.getKey)).payload.sub, 'kc-1', 'a login loads the set as soon as Keycloak answers')
+  t.equal((await jwtVerify(token, keySet.getUntrustedKey)).payload.sub, 'kc-1', 'and every channel then uses it')
+  t.equal(endpoint.requests, 3)
+
+  const broken = new RemoteKeySet({ url: async () => { throw new TypeError('no URL') }, timeoutMs: 2000 })
+  await t.rejects(jwtVerify(token, broken.getUntrustedKey), TypeError, 'a failure that is not Keycloak\'s passes through')
+  await t.rejects(jwtVerify(token, broken.getUntrustedKey), { code: 'idp_unavailable', message: 'key set (jwks) could not be loaded: its last load failed' }, 'and backs off too')
 })

@@ -70,6 +70,9 @@ export interface UserDirectory {
   updateUserGroups(userId: string, change: { add: string[], remove: string[] }): Promise<void>
 }
 
+/** What a login plan reads (and all a read-only view of a directory offers): no method that writes. */
+export type DirectoryReads = Pick<UserDirectory, 'getCompany' | 'findUserByIdentity' | 'findUserByEmail' | 'findWhitelistEntry' | 'findGroupsByName' | 'listUserGroups'>
+
 export const DIRECTORY_METHODS = [
   'getCompany', 'findUserByIdentity', 'findUserByEmail', 'findWhitelistEntry', 'createUser',
   'updateUser', 'findGroupsByName', 'listUserGroups', 'updateUserGroups'

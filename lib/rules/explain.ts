@@ -3,9 +3,15 @@
  * `Identity` or this Keycloak access token — the mapped identity and every decision of steps 4–9 with
  * its reason — without writing anything. It runs the login's own first half (`planLogin`), so an
  * explanation and the login that follows cannot disagree; only the writes are left out.
+ *
+ * Scoped to a company (`{ company }`, as `login.sso_explain` does for the admin asking), the login is
+ * planned against that company's view of the directory (`companyView`): users, groups, whitelist
+ * entries and companies of every other company do not exist there, so an explanation never tells
+ * another tenant's user from an address nobody has.
  */
 import type { KeycloakConfig } from '../config/settings.js'
-import type { DirectoryGroup, UserDirectory } from '../directory/user-directory.js'
+import type { DirectoryGroup, DirectoryReads, UserDirectory } from '../directory/user-directory.js'
+import { companyView } from '../directory/company-view.js'
 import { SsoError, type SsoErrorCode } from '../errors.js'
 import { looksLikeIdentity, type Claims, type Identity } from './identity.js'
 import { planLogin, type LoginPlan, type RoleVerdict, type SignupVerdict, type UserStatus } from './login.js'
@@ -15,6 +21,12 @@ import type { JWTPayload } from 'jose'
 
 /** What `fastify.keycloak.explain` takes: verified claims, an `Identity`, or a Keycloak access token to verify first. */
 export type ExplainInput = Claims | Identity | { accessToken: string }
+
+/**
+ * Whose logins are explained. `company`: only logins into this company (by id); everything of other
+ * companies is invisible. Without it, the whole directory: what the host's own code may ask.
+ */
+export interface ExplainScope { company?: string }
 
 /** The same, said explicitly: the route knows which one its body holds. */
 export type ExplainSource = { claims: Claims } | { identity: Identity } | { accessToken: string }
@@ -80,7 +92,8 @@ async function identityOf (source: ExplainSource, context: ExplainContext): Prom
  * The explanation of a login. It rejects only when it cannot tell (the directory or Keycloak failing,
  * input of the wrong type); every refusal the login would make is an explanation with that outcome.
  */
-export async function explainLogin (source: ExplainSource, context: ExplainContext): Promise<Explanation> {
+export async function explainLogin (source: ExplainSource, context: ExplainContext, scope: ExplainScope = {}): Promise<Explanation> {
+  const directory = directoryFor(context.directory, scope)
   let identity: Identity
   try {
     identity = await identityOf(source, context)
@@ -88,7 +101,15 @@ export async function explainLogin (source: ExplainSource, context: ExplainConte
     if (err instanceof SsoError && BEFORE_IDENTITY.has(err.code)) return refusedBeforeIdentity(err)
     throw err
   }
-  return explanationOf(await planLogin(context.config, context.directory, identity))
+  return explanationOf(await planLogin(context.config, directory, identity))
+}
+
+/** The directory as `scope` sees it; a scope that names no company id is refused before anything is read. */
+function directoryFor (directory: UserDirectory, scope: ExplainScope): DirectoryReads {
+  if (scope === null || typeof scope !== 'object' || Array.isArray(scope)) throw new SsoError('bad_request', 'explain\'s options must be an object, e.g. { company }')
+  if (scope.company === undefined) return directory
+  if (typeof scope.company !== 'string' || scope.company === '') throw new SsoError('bad_request', 'explain\'s company must be a company id')
+  return companyView(directory, scope.company)
 }
 
 function refusedBeforeIdentity (err: SsoError): Explanation {

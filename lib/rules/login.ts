@@ -7,7 +7,7 @@
  * calls is constant, whatever the number of groups.
  */
 import { settingName, type KeycloakConfig } from '../config/settings.js'
-import { DIRECTORY_METHODS, type Company, type DirectoryGroup, type DirectoryUser, type Role, type UserDirectory, type UserPatch } from '../directory/user-directory.js'
+import { DIRECTORY_METHODS, type Company, type DirectoryGroup, type DirectoryReads, type DirectoryUser, type Role, type UserDirectory, type UserPatch } from '../directory/user-directory.js'
 import { SsoError, type SsoErrorCode } from '../errors.js'
 import type { Identity } from './identity.js'
 import {
@@ -93,16 +93,17 @@ function causeCode (err: unknown): string {
  * Calls to the host's directory, each turned into `directory_error` when it fails, so that a broken
  * database never reaches the browser as a 500 and the rest of the pipeline stops there.
  */
-function guarded (directory: UserDirectory): UserDirectory {
+function guarded<D extends DirectoryReads> (directory: D): D {
+  // Typed as what was given: a read-only view (explain's) comes back read-only.
   const methods = DIRECTORY_METHODS.map((name) => [name, async (...args: unknown[]) => {
     try {
-      return await (directory[name] as (...a: unknown[]) => Promise<unknown>).apply(directory, args)
+      return await ((directory as unknown as UserDirectory)[name] as (...a: unknown[]) => Promise<unknown>).apply(directory, args)
     } catch (err) {
       if (err instanceof SsoError) throw err
       throw new SsoError('directory_error', `directory.${name} failed${causeCode(err)}: the host's UserDirectory threw; check its database`, { cause: err })
     }
   }])
-  return Object.fromEntries(methods) as unknown as UserDirectory
+  return Object.fromEntries(methods) as unknown as D
 }
 
 /** Emails in reasons are named by their domain: enough to act on, and not a person's address in the log. */
@@ -161,7 +162,7 @@ function groupSyncReason (config: LoginConfig, company: Company): string {
 const NO_GROUPS = { add: [], remove: [], unknown: [] }
 
 /** A new user (SPEC 5 step 6): admitted into which company with which role, or refused and why. */
-async function planSignup (config: LoginConfig, directory: UserDirectory, identity: Identity, candidates: string[], userReason: string): Promise<LoginPlan> {
+async function planSignup (config: LoginConfig, directory: DirectoryReads, identity: Identity, candidates: string[], userReason: string): Promise<LoginPlan> {
   const query = whitelistQuery(config, identity)
   const whitelistEntry = 'email' in query ? await directory.findWhitelistEntry(query.email) : null
   const target: SignupTarget = 'refused' in query ? query : chooseSignupTarget(config, whitelistEntry)
@@ -228,7 +229,7 @@ function signupRefusal (config: LoginConfig, identity: Identity, code: SsoErrorC
 }
 
 /** Steps 5–9 without writing: every read the login makes, and every decision with its reason. */
-export async function planLogin (config: LoginConfig, rawDirectory: UserDirectory, identity: Identity): Promise<LoginPlan> {
+export async function planLogin (config: LoginConfig, rawDirectory: DirectoryReads, identity: Identity): Promise<LoginPlan> {
   const directory = guarded(rawDirectory)
   const candidates = config.groups.enabled ? groupNameCandidates(identity.groups) : []
   const subject = `Keycloak subject ${JSON.stringify(identity.subject)}`
