@@ -370,8 +370,17 @@ export class KeycloakSso {
     const session = await this.verifySession(token)
     if (session !== null) {
       const { session_id: sessionId, exp, sso } = session.claims
-      await this.#revocations.revoke(sessionId, exp, session.identity.user)
+      const owner = session.identity.user
+      await this.#revocations.revoke(sessionId, exp, owner)
       if (sso?.follows !== undefined) await this.following?.forget(sso.sid === undefined ? { session: sessionId } : { session: sessionId, keycloakSession: sso.sid })
+      if (this.config.idpLogout && sso?.sid !== undefined) {
+        // The user ends the Keycloak session: every ClearML session and Keycloak token of it ends
+        // here at once, as Keycloak's back-channel call would do. That call may never come: revoking
+        // the refresh token above detaches this client from the Keycloak session, which Keycloak then
+        // removes when no client is left, before the browser reaches its end-session page.
+        await this.#revocations.revoke(keycloakSessionKey(sso.sid), this.sessions.expiresAt(), owner)
+        await this.following?.forgetKeycloakSession(sso.sid)
+      }
     }
     const hadIdToken = idTokenCookie !== undefined && idTokenCookie !== ''
     if (!this.config.idpLogout || (session === null && !hadIdToken)) return {}

@@ -77,13 +77,25 @@ t.test('envelopes of refusals are each their own', async (t) => {
 t.test('a token of a Keycloak session logged out through the back channel is refused, even once cached', async (t) => {
   const stack = await bearerStack(t, {}, { [`${KC}idp_logout`]: 'true' })
   const { agent } = await stack.login('carol')
-  const { access_token: accessToken } = await obtainTokens(stack, 'carol', { agent })
+  const { access_token: accessToken, id_token: idToken } = await obtainTokens(stack, 'carol', { agent })
   t.equal((await me(stack, bearer(accessToken))).status, 200, 'accepted and cached')
 
-  const logout = JSON.parse((await agent.request(`${stack.appUrl}/login.logout`, { json: {} })).body)
-  await agent.confirmIdpLogout(logout.data.redirect_url, { stopAt: (u) => u.startsWith(stack.appUrl) })
+  // Carol logs out at Keycloak itself (another application's logout): Keycloak calls the back channel.
+  const endSession = new URL(`${stack.idp.issuer}/protocol/openid-connect/logout`)
+  endSession.search = new URLSearchParams({ id_token_hint: idToken, post_logout_redirect_uri: `${stack.appUrl}/login` }).toString()
+  await agent.confirmIdpLogout(endSession.href, { stopAt: (u) => u.startsWith(stack.appUrl) })
   t.match(stack.logs.join(''), 'Keycloak back-channel logout')
   t.equal((await me(stack, bearer(accessToken))).status, 401, 'the same token, refused: its Keycloak session ended')
+})
+
+t.test('a logout of ClearML with idp_logout ends the Keycloak session\'s tokens at once, back channel or not', async (t) => {
+  const stack = await bearerStack(t, {}, { [`${KC}idp_logout`]: 'true' })
+  const { agent } = await stack.login('carol')
+  const { access_token: accessToken } = await obtainTokens(stack, 'carol', { agent })
+  t.equal((await me(stack, bearer(accessToken))).status, 200)
+  const logout = JSON.parse((await agent.request(`${stack.appUrl}/login.logout`, { json: {} })).body)
+  t.equal((await me(stack, bearer(accessToken))).status, 401, 'refused before the browser even reaches Keycloak\'s end-session page')
+  t.match(logout, { data: { redirect_url: /\/protocol\/openid-connect\/logout\?/ } })
 })
 
 t.test('provision: the login rules run once per new token, concurrent first requests make one user', async (t) => {

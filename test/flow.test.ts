@@ -6,6 +6,7 @@ import t, { type Test } from 'tap'
 import { decodeJwt } from 'jose'
 import { CLIENT_SECRET, KC, KC_SECURE, startStack, TOKEN_SECRET, USERS, type Stack } from './helpers/stack.js'
 import { UserAgent } from './helpers/user-agent.js'
+import { obtainTokens } from './helpers/tokens.js'
 
 const isCallback = (stack: Stack) => (url: string) => url.startsWith(`${stack.appUrl}/callback_keycloak`)
 
@@ -218,10 +219,13 @@ t.test('back-channel logout: ending the Keycloak session ends every ClearML sess
   const me = async (token: string): Promise<number> => (await fetch(`${stack.appUrl}/me`, { headers: { authorization: `Bearer ${token}` } })).status
   t.equal(await me(first), 200)
 
-  // The user logs out at Keycloak (here through ClearML's logout of the second session).
-  const logout = JSON.parse((await agent.request(`${stack.appUrl}/login.logout`, { json: {} })).body)
-  await agent.confirmIdpLogout(logout.data.redirect_url, { stopAt: (u) => u.startsWith(stack.appUrl) })
+  // The user logs out at Keycloak itself (another application's logout, with its own ID token).
+  const { id_token: idToken } = await obtainTokens(stack, 'alice', { agent })
+  const endSession = new URL(`${stack.idp.issuer}/protocol/openid-connect/logout`)
+  endSession.search = new URLSearchParams({ id_token_hint: idToken, post_logout_redirect_uri: `${stack.appUrl}/login` }).toString()
+  await agent.confirmIdpLogout(endSession.href, { stopAt: (u) => u.startsWith(stack.appUrl) })
 
   t.equal(await me(first), 401, 'the first session, never logged out at ClearML, is revoked by Keycloak\'s back-channel call')
+  t.equal(await me(second), 401, 'and the second')
   t.match(stack.logs.join(''), 'Keycloak back-channel logout')
 })

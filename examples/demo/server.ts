@@ -44,6 +44,9 @@ export function demoEnvironment (issuer: string): Record<string, string> {
     [`${kc}groups__enabled`]: 'true',
     [`${kc}groups__claim`]: 'groups',
     [`${kc}groups__admins`]: '["kc-admins"]',
+    // Sessions follow Keycloak every 30 s (300 by default), so that a change made on the provider's
+    // admin page shows within a minute.
+    [`${kc}session__revalidate_sec`]: '30',
     CLEARML__secure__auth__token_secret: 'demo-token-secret-change-me-in-real-deployments'
   }
 }
@@ -90,13 +93,16 @@ ${DEMO_USERS.map((u) => `    ${u.username.padEnd(6)} ${u.story}`).join('\n')}
   Keycloak-compatible provider: ${demo.idp.issuer}
   Its admin page: ${demo.idp.adminConsoleUrl}
     disable, enable or delete a user, end their SSO sessions, add or remove /kc-admins; as in
-    Keycloak, none of it sends a back-channel logout (a client notices at its next refresh).
+    Keycloak, none of it sends a back-channel logout. Sessions follow Keycloak every 30 s here: log in,
+    disable the user, and within a minute the next page load ends on the login page (session_ended);
+    remove carol from /kc-admins and her role becomes user.
   Configured as an operator configures ClearML:
 ${shown}
 
   For operators:
     ${demo.url}/metrics   Prometheus metrics from the plugin's diagnostics_channel events:
-      logins by outcome and code, calls to Keycloak, key-set fetches, refused requests.
+      logins by outcome and code, calls to Keycloak, key-set fetches, refused requests,
+      revalidations of sessions at Keycloak by outcome.
     POST ${demo.url}/login.sso_explain   what a login would do and why, writing nothing (admin
       session only). Log in as alice, then in the browser console:
         await (await fetch('/login.sso_explain', { method: 'POST', headers: { 'content-type': 'application/json' },
