@@ -5,8 +5,9 @@
  */
 import t, { type Test } from 'tap'
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
-import { diagnosticsChannels, type RevalidateEvent } from '../index.js'
-import { KC, startStack, type Stack, type StackOptions } from './helpers/stack.js'
+import { diagnosticsChannels, MemoryRevocationStore, type RevalidateEvent } from '../index.js'
+import { CountingDirectory } from './helpers/counting-directory.js'
+import { KC, seedAcme, startStack, type Stack, type StackOptions } from './helpers/stack.js'
 import type { UserAgent } from './helpers/user-agent.js'
 
 const PERIOD = 1
@@ -236,4 +237,90 @@ t.test('a login without a refresh token works, is not revalidated, and the setup
   t.equal((await me(stack, first)).status, 200, 'its session keeps ClearML\'s own lifetime')
   t.equal((await me(stack, second)).status, 200)
   t.strictSame(stack.idp.refreshLog, [], 'no refresh is ever attempted')
+})
+
+t.test('with get_info_from_access_token off, the check reads userinfo, and a demotion follows the same way', async (t) => {
+  const stack = await followStack(t, { env: { ...ADMIN_GROUPS, [`${KC}get_info_from_access_token`]: 'false' } })
+  const { agent } = await stack.login('carol')
+  t.match((await me(stack, agent)).body, { role: 'admin' })
+  const userinfo = '/realms/clearml/protocol/openid-connect/userinfo'
+  const asked = stack.idp.hits.get(userinfo) ?? 0
+  stack.idp.setGroups('carol', ['/ml-team'])
+  await poll(async () => await me(stack, agent), (answer) => answer.body.role === 'user')
+  t.ok((stack.idp.hits.get(userinfo) ?? 0) > asked, 'userinfo was asked at the check')
+})
+
+t.test('the ClearML side changed: a user unlinked or a company gone ends the session; a failing directory keeps it', async (t) => {
+  const directory = new CountingDirectory()
+  seedAcme(directory)
+  const stack = await followStack(t, { directory })
+  const { agent: bob } = await stack.login('bob')
+  const { agent: dave } = await stack.login('dave')
+  t.equal((await me(stack, bob)).status, 200)
+
+  // The database fails during the checks: the sessions continue as they were, and the operator is told.
+  directory.failing = 'findUserByIdentity'
+  await sleep(2.2 * PERIOD * 1000)
+  const during = await me(stack, bob)
+  t.equal(during.status, 200, 'a failing directory logs no one out')
+  await poll(async () => ({ status: stack.logs.filter((line) => line.includes('"code":"revalidation_unconfirmed"')).length, body: {}, ms: 0 }), (answer) => answer.status > 0)
+  directory.failing = undefined
+
+  // Dave's ClearML user is linked to another Keycloak subject now (an administrator relinked it).
+  const daveUser = directory.listUsers().find((user) => user.email === 'dave@acme.com')!
+  const original = directory.findUserByIdentity.bind(directory)
+  directory.findUserByIdentity = async (provider, subject) => {
+    const found = await original(provider, subject)
+    return found?.id === daveUser.id ? null : found
+  }
+  const daveAnswers = await poll(async () => await me(stack, dave), ended)
+  t.ok(isSessionEnded(daveAnswers.at(-1)!), 'unlinked in ClearML: the session ends')
+  t.match(stack.logs.join(''), /is no longer linked to Keycloak subject/)
+
+  // Bob's company is gone from the directory.
+  const bobUser = directory.listUsers().find((user) => user.email === 'bob@acme.com')!
+  const getCompany = directory.getCompany.bind(directory)
+  directory.getCompany = async (id) => id === bobUser.company ? null : await getCompany(id)
+  const bobAnswers = await poll(async () => await me(stack, bob), ended)
+  t.ok(isSessionEnded(bobAnswers.at(-1)!), 'its company gone: the session ends')
+})
+
+t.test('logout when the store or Keycloak cannot take it: the logout still answers, and the log says what was left', async (t) => {
+  const revocations = new MemoryRevocationStore()
+  const stack = await followStack(t, { plugin: { revocations } })
+  const { agent } = await stack.login('bob')
+  stack.idp.setTokenEndpointFault(503, { grants: ['revocation'] })
+  t.equal((await agent.request(`${stack.appUrl}/login.logout`, { json: {} })).status, 200)
+  await poll(async () => ({ status: stack.logs.filter((line) => line.includes('Keycloak refresh token not revoked')).length, body: {}, ms: 0 }), (answer) => answer.status > 0)
+  t.match(stack.logs.join(''), /the offline session stays in Keycloak until it idles out/)
+  stack.idp.setTokenEndpointFault(undefined)
+
+  const again = (await stack.login('alice')).agent
+  revocations.takeRefresh = async () => { throw new Error('store unreachable') }
+  t.equal((await again.request(`${stack.appUrl}/login.logout`, { json: {} })).status, 200, 'a store that fails does not fail the logout')
+  t.match(stack.logs.join(''), /Keycloak refresh token not removed/)
+  t.equal((await me(stack, again)).status, 401, 'and the session is logged out')
+})
+
+t.test('a host store without the follow capability: refresh tokens stay in the process', async (t) => {
+  const memory = new MemoryRevocationStore()
+  // Only what every RevocationStore has.
+  const bare = { revoke: memory.revoke.bind(memory), isRevoked: memory.isRevoked.bind(memory) }
+  const stack = await followStack(t, { plugin: { revocations: bare } })
+  const { agent } = await stack.login('bob')
+  stack.idp.disableUser('bob')
+  const answers = await poll(async () => await me(stack, agent), ended)
+  t.ok(isSessionEnded(answers.at(-1)!), 'followed all the same')
+})
+
+t.test('the scope asked for: offline_access added once for follows user, not for sso_session', async (t) => {
+  const user = await followStack(t, { env: { [`${KC}scope`]: 'openid profile email offline_access' } })
+  const sso = await followStack(t, { env: { [`${KC}session__follows`]: 'sso_session' } })
+  const scopeOf = async (stack: Stack): Promise<string> => new URL((await stack.browser().request(`${stack.appUrl}/login/keycloak`)).location!).searchParams.get('scope')!
+  t.equal(await scopeOf(user), 'openid profile email offline_access', 'already there: not added twice')
+  t.equal(await scopeOf(sso), 'openid profile email', 'sso_session: an online token')
+  const none = await followStack(t, { env: { [`${KC}session__follows`]: 'sso_session' }, client: { useRefreshTokens: false } })
+  await none.login('bob')
+  t.notMatch(none.logs.find((line) => line.includes('no_refresh_token')) ?? '', /offline_access/, 'the fix for sso_session does not speak of offline_access')
+  t.match(none.logs.find((line) => line.includes('no_refresh_token')) ?? '', /Use refresh tokens/)
 })

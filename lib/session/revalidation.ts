@@ -100,8 +100,8 @@ export class SessionRevalidation {
   /** Revalidations under way in this process, so that concurrent requests of one session share one. */
   readonly #pending = new Map<string, Promise<Outcome>>()
   #background = 0
-  /** Calls to Keycloak under way, with when each started. */
-  readonly #calls = new Set<number>()
+  /** Calls to Keycloak under way, each with when it started. */
+  readonly #calls = new Set<{ startedAt: number }>()
   /** Set while Keycloak is known not to answer: no new call before `retryAt`, and then one probe. */
   #outage: { since: number, retryAt: number, backoffMs: number, probing: boolean } | undefined
   #failureWarnedAt = Number.NEGATIVE_INFINITY
@@ -132,7 +132,7 @@ export class SessionRevalidation {
     const age = nowSec() - (this.#checked.get(sessionId) ?? this.#checkedBefore.get(sessionId) ?? iat)
     if (age < this.#periodSec) return true
     if (age < 2 * this.#periodSec || !this.#answering()) {
-      if (this.#startsCall() && this.#background < MAX_BACKGROUND) this.#inBackground(session)
+      if (this.#background < MAX_BACKGROUND && !this.#pending.has(session.claims.session_id) && this.#startsCall()) this.#inBackground(session)
       return true
     }
     return false
@@ -169,22 +169,31 @@ export class SessionRevalidation {
   #answering (): boolean {
     if (this.#outage !== undefined) return false
     const now = performance.now()
-    for (const startedAt of this.#calls) if (now - startedAt > SLOW_CALL_MS) return false
+    for (const call of this.#calls) if (now - call.startedAt > SLOW_CALL_MS) return false
     return true
   }
 
-  /** Whether a new call to Keycloak may start: always when it answers; during an outage, one probe after the back-off. */
+  /**
+   * Whether a new call to Keycloak may start: always when it answers; during an outage, one probe
+   * after the back-off, which the caller then makes (it is claimed here).
+   */
   #startsCall (): boolean {
     const outage = this.#outage
     if (outage === undefined) return this.#answering()
-    return !outage.probing && performance.now() >= outage.retryAt
+    if (outage.probing || performance.now() < outage.retryAt) return false
+    outage.probing = true
+    return true
   }
 
   #inBackground (session: VerifiedSession): void {
-    const sessionId = session.claims.session_id
-    if (this.#pending.has(sessionId)) return
+    const probe = this.#outage
     this.#background++
-    this.#revalidate(session, false).finally(() => { this.#background-- }).catch(() => {})
+    this.#revalidate(session, false).finally(() => {
+      this.#background--
+      // The probe's outcome reached `#keycloakAnswers` or `#keycloakFails`; if it ended before a
+      // call (the store said fresh), the next request may probe.
+      if (probe !== undefined) probe.probing = false
+    }).catch(() => {})
   }
 
   /** One revalidation per session at a time in this process; requests that arrive meanwhile share it. */
@@ -256,15 +265,13 @@ export class SessionRevalidation {
       await this.#end(session, 'its stored refresh token does not open (the token or client secret changed): log in again', true)
       return report({ outcome: 'ended', reason: 'unreadable refresh token' })
     }
-    const startedAt = performance.now()
-    this.#calls.add(startedAt)
-    if (this.#outage !== undefined) this.#outage.probing = true
+    const call = { startedAt: performance.now() }
+    this.#calls.add(call)
     let answer: RefreshAnswer
     try {
       answer = await this.#options.refresh(opened.rt)
     } finally {
-      this.#calls.delete(startedAt)
-      if (this.#outage !== undefined) this.#outage.probing = false
+      this.#calls.delete(call)
     }
 
     if (answer.kind === 'refused') {
