@@ -7,7 +7,7 @@
  * follow Keycloak; then the apiserver's CPU per revalidation. The provider answers refreshes with a
  * token set signed in advance, so its own signing is not what is measured.
  *
- *   BENCH_FOLLOWED_SESSIONS (10000)  BENCH_REVALIDATE_SEC (60)  BENCH_CPU_PROF (a directory for the apiserver's CPU profile)
+ *   BENCH_FOLLOWED_SESSIONS (10000)  BENCH_REVALIDATE_SEC (300, the default)  BENCH_CPU_PROF (a directory for the apiserver's CPU profile)
  *   and bench/common.ts's knobs
  */
 import autocannon, { type Request } from 'autocannon'
@@ -16,7 +16,7 @@ import { startFastProvider } from './fast-provider.js'
 import { CONNECTIONS, DURATION, median, ROUNDS, startApiserver, type Apiserver } from './common.js'
 
 const SESSIONS = Number(process.env.BENCH_FOLLOWED_SESSIONS ?? 10000)
-const PERIOD = Number(process.env.BENCH_REVALIDATE_SEC ?? 60)
+const PERIOD = Number(process.env.BENCH_REVALIDATE_SEC ?? 300)
 
 type Server = Apiserver<{ port: number }>
 

@@ -20,7 +20,7 @@ import { followsSessions, type RefreshKey, type SessionFollowStore } from './ses
 import { MemoryFollowStore } from './session/memory-follow-store.js'
 import { REFRESH_PURPOSE, SessionRevalidation, type Confirmation } from './session/revalidation.js'
 import type { RevocationStore } from './session/revocations.js'
-import { Sealer } from './session/sealed.js'
+import { ServerSealer } from './session/sealed.js'
 import type { SessionFollowing, VerifiedSession } from './session/sessions.js'
 
 export interface FollowOptions {
@@ -61,7 +61,7 @@ export class KeycloakFollowing {
     this.#revalidation = new SessionRevalidation({
       periodSec: config.session.revalidateSec,
       store: this.#store,
-      sealer: new Sealer(options.sealingSecret, REFRESH_PURPOSE),
+      sealer: new ServerSealer(options.sealingSecret, REFRESH_PURPOSE),
       refresh: async (refreshToken) => await refreshTokens((await options.endpoints.get()).token, refreshToken, this.#client),
       confirm: async (session, subject, tokens) => await this.#confirm(session, subject, tokens),
       end: async (session, reason, first) => { await this.#end(session, reason, first) },

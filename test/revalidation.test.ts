@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net'
 import { refreshTokens, revokeRefreshToken, loggableDescription, type RefreshAnswer } from '../lib/keycloak/refresh.js'
 import { MemoryFollowStore } from '../lib/session/memory-follow-store.js'
 import { REFRESH_PURPOSE, SessionRevalidation, type Confirmation, type RevalidationOptions } from '../lib/session/revalidation.js'
-import { Sealer } from '../lib/session/sealed.js'
+import { ServerSealer } from '../lib/session/sealed.js'
 import type { VerifiedSession } from '../lib/session/sessions.js'
 import type { SessionFollowStore } from '../lib/session/follow-store.js'
 import { MemoryRevocationStore } from '../index.js'
@@ -91,7 +91,7 @@ interface Harness {
   infos: string[]
 }
 
-function harness (options: { store?: SessionFollowStore & MemoryFollowStore, refresh?: (token: string) => Promise<RefreshAnswer>, confirm?: RevalidationOptions['confirm'], periodSec?: number, memoryMax?: number, sealer?: Sealer } = {}): Harness {
+function harness (options: { store?: SessionFollowStore & MemoryFollowStore, refresh?: (token: string) => Promise<RefreshAnswer>, confirm?: RevalidationOptions['confirm'], periodSec?: number, memoryMax?: number, sealer?: ServerSealer } = {}): Harness {
   const ended: Harness['ended'] = []
   const refreshes: string[] = []
   const warnings: string[] = []
@@ -101,7 +101,7 @@ function harness (options: { store?: SessionFollowStore & MemoryFollowStore, ref
   const revalidation = new SessionRevalidation({
     periodSec: options.periodSec ?? 1,
     store,
-    sealer: options.sealer ?? new Sealer('secret', REFRESH_PURPOSE),
+    sealer: options.sealer ?? new ServerSealer('secret', REFRESH_PURPOSE),
     refresh: options.refresh ?? (async (token) => { refreshes.push(token); return { kind: 'ok', accessToken: 'a', refreshToken: `${token}+` } }),
     confirm: options.confirm ?? (async () => confirmed),
     end: async (session, reason, first) => { ended.push({ id: session.claims.session_id, reason, first }) },
@@ -211,7 +211,7 @@ t.test('what ends a session: Keycloak\'s refusal, another replica\'s, a lost or 
   await lost.revalidation.settle(followedSession('s-lost', 5))
   t.match(lost.ended, [{ id: 's-lost', reason: /no longer kept/, first: true }], 'a session that follows Keycloak without a refresh state ends')
 
-  const sealedElsewhere = harness({ sealer: new Sealer('another secret', REFRESH_PURPOSE) })
+  const sealedElsewhere = harness({ sealer: new ServerSealer('another secret', REFRESH_PURPOSE) })
   await sealedElsewhere.revalidation.keep(key('s-old'), 'sub', 'rt', nowSec() + 3600, nowSec() - 5)
   const rotatedSecret = harness({ store: sealedElsewhere.store })
   await rotatedSecret.revalidation.settle(followedSession('s-old', 5))

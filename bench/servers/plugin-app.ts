@@ -79,16 +79,16 @@ app.post<{ Body: { count: number } }>('/sessions', async (request) => {
 /**
  * `count` sessions that follow Keycloak, as logins make them: each keeps a refresh token (given by
  * the runner: the provider answers its refreshes) and says so in its token. Their last checks are
- * spread over the past `spreadSec`, as for users who logged in at different times: they fall due
- * one after another, not all at once.
+ * spread over the past `spreadSec` (before `checkedAgoSec`), as for users who logged in at different
+ * times: they fall due one after another, not all at once.
  */
-app.post<{ Body: { count: number, refreshToken: string, spreadSec: number } }>('/followed-sessions', async (request) => {
+app.post<{ Body: { count: number, refreshToken: string, spreadSec: number, checkedAgoSec?: number } }>('/followed-sessions', async (request) => {
   const following = app.keycloak.sso.following!
   const followed = { id: 'u-followed', company: 'acme', name: 'Bench', role: 'user' }
   const tokens: string[] = []
   for (let i = 0; i < request.body.count; i++) {
     const key = { session: `followed-session-${i}`, keycloakSession: 'bench-keycloak-session' }
-    const checkedAt = Date.now() / 1000 - (i / request.body.count) * request.body.spreadSec
+    const checkedAt = Date.now() / 1000 - (request.body.checkedAgoSec ?? 0) - (i / request.body.count) * request.body.spreadSec
     const follows = await following.keep(key, BENCH_FOLLOWED, request.body.refreshToken, sessions.expiresAt(), checkedAt)
     tokens.push((await sessions.issue(followed, company, key.session, key.keycloakSession, follows)).token)
   }

@@ -28,7 +28,7 @@ import { publishRevalidate, revalidateObserved, type RevalidateEvent } from '../
 import type { RefreshAnswer } from '../keycloak/refresh.js'
 import type { SessionIdentity } from './claims.js'
 import type { RefreshKey, RefreshState, SessionFollowStore } from './follow-store.js'
-import type { Sealer } from './sealed.js'
+import type { ServerSealer } from './sealed.js'
 import type { VerifiedSession } from './sessions.js'
 
 /** What a revalidation made of Keycloak's new tokens (`KeycloakSso` verifies them and runs the login's rules). */
@@ -44,7 +44,7 @@ export interface RevalidationOptions {
   periodSec: number
   store: SessionFollowStore
   /** Seals refresh tokens for the store: the store never holds one in clear. */
-  sealer: Sealer
+  sealer: ServerSealer
   /** The refresh grant at the token endpoint (`lib/keycloak/refresh.ts`). */
   refresh: (refreshToken: string) => Promise<RefreshAnswer>
   /** Verifies a refresh's tokens for the session's Keycloak user and runs steps 4, 7, 8 and 9. */
@@ -115,7 +115,7 @@ export class SessionRevalidation {
 
   /** Keeps a new session's refresh token (at its login): its first check is the login itself, unless `checkedAt` says when. */
   async keep (key: RefreshKey, subject: string, refreshToken: string, expiresAt: number, checkedAt = nowSec()): Promise<void> {
-    const sealed = await this.#seal({ rt: refreshToken, sid: key.session, sub: subject }, expiresAt)
+    const sealed = this.#seal({ rt: refreshToken, sid: key.session, sub: subject }, expiresAt)
     await this.#options.store.saveRefresh(key, { sealed, checkedAt, generation: 1 }, expiresAt)
     this.#remember(key.session, checkedAt)
   }
@@ -150,7 +150,7 @@ export class SessionRevalidation {
     this.#checked.delete(key.session)
     this.#checkedBefore.delete(key.session)
     const state = await this.#options.store.takeRefresh(key)
-    return state === undefined ? undefined : (await this.#open(state, key.session))?.rt
+    return state === undefined ? undefined : this.#open(state, key.session)?.rt
   }
 
   /** Removes the refresh states of every session of one Keycloak session (back-channel logout); their tokens. */
@@ -159,7 +159,7 @@ export class SessionRevalidation {
     const tokens: string[] = []
     for (const state of states) {
       // The state's own session id is inside the seal; a state that does not open is dropped.
-      const opened = await this.#open(state, undefined)
+      const opened = this.#open(state, undefined)
       if (opened !== undefined) tokens.push(opened.rt)
     }
     return tokens
@@ -259,7 +259,7 @@ export class SessionRevalidation {
   /** Presents the leased token, stores what Keycloak returned in the step that ends the lease, then acts on the answer. */
   async #present (session: VerifiedSession, key: RefreshKey, state: RefreshState, lease: string, report: (event: Omit<RevalidateEvent, 'durationMs'>) => Outcome): Promise<Outcome> {
     const store = this.#options.store
-    const opened = await this.#open(state, key.session)
+    const opened = this.#open(state, key.session)
     if (opened === undefined) {
       await store.endRefresh(key, session.claims.exp)
       await this.#end(session, 'its stored refresh token does not open (the token or client secret changed): log in again', true)
@@ -288,7 +288,7 @@ export class SessionRevalidation {
 
     const checkedAt = nowSec()
     const rotated = answer.refreshToken ?? opened.rt
-    const next: RefreshState = { sealed: await this.#seal({ ...opened, rt: rotated }, session.claims.exp), checkedAt, generation: state.generation + 1 }
+    const next: RefreshState = { sealed: this.#seal({ ...opened, rt: rotated }, session.claims.exp), checkedAt, generation: state.generation + 1 }
     await store.releaseRefresh(key, lease, next)
     this.#remember(key.session, checkedAt)
     this.#keycloakAnswers()
@@ -348,19 +348,15 @@ export class SessionRevalidation {
     this.#checked.set(sessionId, checkedAt)
   }
 
-  async #seal (content: SealedRefresh, expiresAt: number): Promise<string> {
-    return await this.#options.sealer.seal({ ...content }, Math.max(1, Math.ceil(expiresAt - nowSec())))
+  #seal (content: SealedRefresh, expiresAt: number): string {
+    return this.#options.sealer.seal({ ...content }, Math.max(1, Math.ceil(expiresAt - nowSec())))
   }
 
   /** The sealed content, when it opens and belongs to `sessionId` (any session, when undefined). */
-  async #open (state: RefreshState, sessionId: string | undefined): Promise<SealedRefresh | undefined> {
-    try {
-      const payload = await this.#options.sealer.open(state.sealed)
-      if (typeof payload.rt !== 'string' || typeof payload.sub !== 'string' || typeof payload.sid !== 'string') return undefined
-      if (sessionId !== undefined && payload.sid !== sessionId) return undefined
-      return { rt: payload.rt, sid: payload.sid, sub: payload.sub }
-    } catch {
-      return undefined
-    }
+  #open (state: RefreshState, sessionId: string | undefined): SealedRefresh | undefined {
+    const payload = this.#options.sealer.open(state.sealed)
+    if (payload === undefined || typeof payload.rt !== 'string' || typeof payload.sub !== 'string' || typeof payload.sid !== 'string') return undefined
+    if (sessionId !== undefined && payload.sid !== sessionId) return undefined
+    return { rt: payload.rt, sid: payload.sid, sub: payload.sub }
   }
 }
