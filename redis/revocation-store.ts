@@ -552,6 +552,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
    */
   #writeFailed (what: string, err: unknown, changes?: Changes): void {
     if (err !== undefined) this.#noteProblem(err)
+    else if (this.#lastProblem === 'no answer yet') this.#lastProblem = `the client is not connected (${this.#redis.status})`
     if (changes !== undefined && this.#connected()) this.#announce(changes)
     if (!this.#warnedQueued) {
       this.#warnedQueued = true
@@ -628,7 +629,8 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
       if (this.queued > 0 && this.#connected()) await this.#flush()
       if (this.queued === 0 && this.#failingSince !== undefined && this.#connected()) this.#setOutOfTouch('failing', undefined)
       if (this.#checkDue && this.#lostSince === undefined && this.#loss === undefined && this.#connected()) await this.#check()
-      this.#warnedRetry = false
+      // One warning per run of failures: the run ends when the store is in touch again.
+      if (this.#staleSince === undefined) this.#warnedRetry = false
     } catch (err) {
       this.#noteProblem(err)
       if (!this.#warnedRetry) {

@@ -64,6 +64,8 @@ export interface RedisCluster {
   settled: () => Promise<void>
   /** SIGKILLs the primary of `key`'s slot; resolves once one of its replicas owns the slot on every running node. */
   failover: (key: string) => Promise<{ killed: RedisServer, promoted: RedisServer }>
+  /** `CLUSTER FAILOVER` on a replica of `key`'s primary (no data lost); resolves once it owns the slot on every node. */
+  manualFailover: (key: string) => Promise<{ demoted: RedisServer, promoted: RedisServer }>
   stop: () => Promise<void>
 }
 
@@ -254,6 +256,13 @@ export async function startRedisCluster (options: RedisClusterOptions = {}): Pro
       const slot = await keySlot(key)
       return byPort((await until(`one primary for slot ${slot}`, async () => await ownerOf(slot))).primary)
     }
+    const replicaOf = async (primary: RedisServer): Promise<RedisServer> => await until(`a synced replica of ${primary.port}`, async () => {
+      for (const server of running()) {
+        const info = await replicationInfo(server)
+        if (info.get('master_port') === String(primary.port) && await replicaSynced(server)) return server
+      }
+      return undefined
+    })
     return {
       startupNodes: servers.map((s) => ({ host: s.host, port: s.port })),
       servers,
@@ -269,6 +278,15 @@ export async function startRedisCluster (options: RedisClusterOptions = {}): Pro
           return owner !== undefined && owner.primary !== killed.port ? byPort(owner.primary) : undefined
         })
         return { killed, promoted }
+      },
+      manualFailover: async (key) => {
+        await settled()
+        const slot = await keySlot(key)
+        const demoted = await primaryOf(key)
+        const promoted = await replicaOf(demoted)
+        await ask(promoted, 'CLUSTER', 'FAILOVER')
+        await until(`${promoted.port} to own slot ${slot}`, async () => (await ownerOf(slot))?.primary === promoted.port ? true : undefined)
+        return { demoted, promoted }
       },
       stop: async () => { await stopAll(started) }
     }
