@@ -131,6 +131,8 @@ export interface Changes {
   refreshStates?: RefreshEntry[]
   /** `t`: sessions whose refresh state was taken or ended (their journal entries go). */
   taken?: string[]
+  /** `u`: announced alone because Redis refused the write (its writer still has it queued). */
+  unwritten?: boolean
 }
 
 export function encodeChanges (changes: Changes): string {
@@ -139,6 +141,7 @@ export function encodeChanges (changes: Changes): string {
   if (changes.revisions !== undefined) message.v = changes.revisions
   if (changes.refreshStates !== undefined) message.f = changes.refreshStates
   if (changes.taken !== undefined) message.t = changes.taken
+  if (changes.unwritten === true) message.u = 1
   return JSON.stringify(message)
 }
 
@@ -193,7 +196,12 @@ export function decodeChanges (message: string): Changes | undefined {
     changes[name] = entries
     count++
   }
-  return count === Object.keys(fields).length && count > 0 ? changes as Changes : undefined
+  if (fields.u !== undefined) {
+    if (fields.u !== 1) return undefined
+    changes.unwritten = true
+    count++
+  }
+  return count === Object.keys(fields).length && count > (changes.unwritten === true ? 1 : 0) ? changes as Changes : undefined
 }
 
 export function isRevocationId (id: unknown): id is string {

@@ -37,10 +37,8 @@ import { nowSec, type StoreLink } from './store-link.js'
  * everything, so the write-back after the reconnect has it all.
  */
 export const JOURNAL_MS = 60_000
-const MAX_JOURNAL = 100_000
-const MAX_QUEUED_ENDS = 10_000
-/** Leases this replica granted and has not released, for the session's expiry at the release. */
-const MAX_LEASES = 10_000
+/** Beyond this many states the oldest go first, written or not (as the store's other queues). */
+export const MAX_JOURNAL = 100_000
 
 interface JournalEntry {
   key: RefreshKey
@@ -58,8 +56,11 @@ interface JournalEntry {
 export class RefreshJournal {
   readonly #entries = new Map<string, JournalEntry>()
   readonly #unwritten = new Set<string>()
-  /** Unwritten states dropped because the journal was full; reported once. */
-  dropped = 0
+  readonly #max: number
+
+  constructor (max = MAX_JOURNAL) {
+    this.#max = max
+  }
 
   get size (): number {
     return this.#entries.size
@@ -82,14 +83,20 @@ export class RefreshJournal {
     if (current !== undefined && current.state.generation > state.generation) return
     const written = how.written || (current !== undefined && current.state.generation === state.generation && current.written)
     this.#entries.delete(key.session)
-    if (this.#entries.size >= MAX_JOURNAL) {
-      const oldest = this.#entries.keys().next().value!
-      if (this.#unwritten.has(oldest)) this.dropped++
-      this.forget(oldest)
-    }
+    if (this.#entries.size >= this.#max) this.forget(this.#entries.keys().next().value!)
     this.#entries.set(key.session, { key, state, expiresAt, recordedAt: performance.now(), written, create: how.create })
     if (written) this.#unwritten.delete(key.session)
     else this.#unwritten.add(key.session)
+  }
+
+  /**
+   * A state another replica announced although Redis refused it: kept as that replica's to write
+   * (counted written here), unless this journal already has its generation or a newer one (its
+   * writer's own entry stays unwritten).
+   */
+  learn (key: RefreshKey, state: RefreshState, expiresAt: number): void {
+    const current = this.#entries.get(key.session)
+    if (current === undefined || current.state.generation < state.generation) this.record(key, state, expiresAt, { written: true, create: true })
   }
 
   /** Redis took `generation` (or a newer one) of the session's state. */
@@ -126,10 +133,10 @@ export class RefreshJournal {
     return this.#entries.size
   }
 
-  /** Drops expired states, and written ones older than `JOURNAL_MS` unless `keepWritten`. */
-  prune (keepWritten: boolean): void {
+  /** Drops expired states, and written ones older than `JOURNAL_MS` (at `at`, a `performance.now()`) unless `keepWritten`. */
+  prune (keepWritten: boolean, at = performance.now()): void {
     const now = nowSec()
-    const oldest = performance.now() - JOURNAL_MS
+    const oldest = at - JOURNAL_MS
     for (const [session, entry] of this.#entries) {
       if (entry.expiresAt <= now || (!keepWritten && entry.written && entry.recordedAt < oldest)) this.forget(session)
     }
@@ -142,18 +149,24 @@ const toEntry = (key: RefreshKey, state: RefreshState, expiresAt: number): Refre
 const stateOf = (sealed: unknown, checkedAt: unknown, generation: unknown): RefreshState =>
   ({ sealed: String(sealed), checkedAt: Number(checkedAt), generation: Number(generation) })
 
-/** The higher generation of two states, either of which may be missing. */
-function newer (a: RefreshState | undefined, b: RefreshState | undefined): RefreshState | undefined {
-  if (a === undefined) return b
-  if (b === undefined) return a
-  return b.generation > a.generation ? b : a
+/** Redis's state, or the journal's when it is of a higher generation (a rotation Redis lost). */
+function newer (inRedis: RefreshState, journal: RefreshState | undefined): RefreshState {
+  return journal !== undefined && journal.generation > inRedis.generation ? journal : inRedis
 }
 
 export class RefreshStates {
   readonly #link: StoreLink
   readonly journal = new RefreshJournal()
+  /**
+   * Ends Redis did not take. Unbounded: an end follows a refresh, which needs a lease, which needs
+   * Redis, so only ends whose own write failed are ever queued.
+   */
   readonly #queuedEnds = new Map<string, { key: RefreshKey, expiresAt: number }>()
-  readonly #leases = new Map<string, number>()
+  /**
+   * Leases granted here and not yet released: the session's expiry, for the journal entry of the
+   * rotated state, and when the lease ends; in the order granted, so ended ones go from the front.
+   */
+  readonly #leases = new Map<string, { expiresAt: number, until: number }>()
 
   constructor (link: StoreLink) {
     this.#link = link
@@ -200,8 +213,12 @@ export class RefreshStates {
     }
     switch (reply[0]) {
       case 'leased': {
-        if (this.#leases.size >= MAX_LEASES) this.#leases.delete(this.#leases.keys().next().value!)
-        this.#leases.set(lease, Number(reply[4]) / 1000)
+        const granted = performance.now()
+        for (const [id, held] of this.#leases) {
+          if (held.until > granted) break
+          this.#leases.delete(id)
+        }
+        this.#leases.set(lease, { expiresAt: Number(reply[4]) / 1000, until: granted + options.leaseMs })
         return { status: 'leased', state: stateOf(reply[1], reply[2], reply[3]), lease }
       }
       case 'fresh':
@@ -217,7 +234,7 @@ export class RefreshStates {
     checkKey(lease, 'lease')
     if (next !== undefined) checkRefreshState(next)
     // The session's expiry, for the journal: known from the lease, or from a state recorded here.
-    const expiresAt = this.#leases.get(lease) ?? this.journal.get(key.session)?.expiresAt
+    const expiresAt = this.#leases.get(lease)?.expiresAt ?? this.journal.get(key.session)?.expiresAt
     this.#leases.delete(lease)
     if (next !== undefined && expiresAt !== undefined) this.journal.record(key, next, expiresAt, { written: false, create: false })
     if (this.#link.connected()) {
@@ -281,18 +298,20 @@ export class RefreshStates {
         publish, names.channel) as Promise<Array<string | null>>)
       this.#link.sawEpoch(reply[0])
       const taken: RefreshState[] = []
-      for (let i = 1; i < reply.length; i += 4) taken.push(newer(stateOf(reply[i + 1], reply[i + 2], reply[i + 3]), local.get(reply[i]!))!)
+      for (let i = 1; i < reply.length; i += 4) taken.push(newer(stateOf(reply[i + 1], reply[i + 2], reply[i + 3]), local.get(reply[i]!)))
       return taken
     } catch {
       return [...local.values()]
     }
   }
 
-  /** Refresh states another replica wrote (Redis took them), and sessions whose state was taken or ended. */
+  /** Refresh states a replica wrote (or announced when Redis refused them), and sessions whose state was taken or ended. */
   received (changes: Changes): void {
     for (const [session, keycloakSession, sealed, checkedAt, generation, expiresAt] of changes.refreshStates ?? []) {
       const key: RefreshKey = keycloakSession === null ? { session } : { session, keycloakSession }
-      this.journal.record(key, { sealed, checkedAt, generation }, expiresAt, { written: true, create: true })
+      const state = { sealed, checkedAt, generation }
+      if (changes.unwritten === true) this.journal.learn(key, state, expiresAt)
+      else this.journal.record(key, state, expiresAt, { written: true, create: true })
     }
     for (const session of changes.taken ?? []) this.journal.forget(session)
   }
@@ -351,8 +370,6 @@ export class RefreshStates {
   }
 
   #queueEnd (key: RefreshKey, expiresAt: number): void {
-    this.#queuedEnds.delete(key.session)
-    if (this.#queuedEnds.size >= MAX_QUEUED_ENDS) this.#queuedEnds.delete(this.#queuedEnds.keys().next().value!)
     this.#queuedEnds.set(key.session, { key, expiresAt })
   }
 

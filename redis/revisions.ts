@@ -13,8 +13,6 @@ import { nowSec, type StoreLink } from './store-link.js'
 
 interface Known { version: number, identity: SessionIdentity, expiresAt: number }
 
-/** Revisions a replica keeps while Redis is unreachable; the oldest go first beyond this. */
-const MAX_QUEUED = 100_000
 /** The copy is swept of expired revisions whenever it has doubled since the last sweep. */
 const MIN_SWEEP_SIZE = 1024
 
@@ -28,10 +26,6 @@ export class Revisions {
 
   constructor (link: StoreLink) {
     this.#link = link
-  }
-
-  get size (): number {
-    return this.#copy.size
   }
 
   get queued (): number {
@@ -142,9 +136,8 @@ export class Revisions {
     return true
   }
 
+  /** At most one per session the copy holds, so the queue is no larger than the copy. */
   #enqueue (session: string, known: Known): void {
-    this.#queued.delete(session)
-    if (this.#queued.size >= MAX_QUEUED) this.#queued.delete(this.#queued.keys().next().value!)
     this.#queued.set(session, known)
   }
 

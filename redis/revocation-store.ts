@@ -188,10 +188,9 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
   #closed = false
   /** The last thing that went wrong with Redis, for `ready()`'s error and the warnings. */
   #lastProblem = 'no answer yet'
-  /** One warning per outage about queued writes, one per run of failed retries, one per journal overflow. */
+  /** One warning per outage about queued writes, and one per run of failed retries. */
   #warnedQueued = false
   #warnedRetry = false
-  #warnedJournal = 0
 
   constructor (options: RedisRevocationStoreOptions) {
     super()
@@ -526,7 +525,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
    * Not awaited: the logout does not wait twice.
    */
   #announce (changes: Changes): void {
-    this.#redis.eval(ANNOUNCE_SCRIPT, 1, this.#names.epoch, this.#publish, this.#names.channel, encodeChanges(changes)).catch(noop)
+    this.#redis.eval(ANNOUNCE_SCRIPT, 1, this.#names.epoch, this.#publish, this.#names.channel, encodeChanges({ ...changes, unwritten: true })).catch(noop)
   }
 
   /** Rejects with `ERR_CLEARML_KEYCLOAK_REDIS_TIMEOUT` when Redis has not answered in time. */
@@ -565,6 +564,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
 
   /** The marker a write's reply carried: another one than the last full load found means Redis lost data. */
   #sawEpoch (epoch: unknown): void {
+    // Unknown while Redis refused to set it at the last load.
     if (this.#epoch !== undefined && epoch !== this.#epoch) this.#noticeLoss('marker')
   }
 
@@ -651,7 +651,12 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
     const loss = this.#loss
     const started = performance.now()
     if (this.#lostSince !== undefined) await this.#bounded(subscription.subscribe())
-    this.#epoch = await this.#ensureEpoch()
+    this.#epoch = await this.#ensureEpoch().catch((err: unknown) => {
+      // Redis refuses writes (min-replicas-to-write, a read-only replica): the load, which only
+      // reads, goes on, so a replica can start; the marker is set by a later check (`#check`).
+      this.#noteProblem(err)
+      return undefined
+    })
     const inRedis = await this.#loadAll()
     const revisionsInRedis = await this.#revisions.load()
     // Merged without #remember's sweeps as the copy grows: one sweep after the merge does.
@@ -705,9 +710,12 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
   async #check (): Promise<void> {
     this.#checkDue = false
     this.#refresh.journal.prune(this.#staleSince !== undefined)
-    if (this.#refresh.journal.dropped > this.#warnedJournal) {
-      this.#warnedJournal = this.#refresh.journal.dropped
-      this.#warn({ dropped: this.#warnedJournal }, 'RedisRevocationStore: its journal of refresh states was full while Redis did not take them; the oldest were dropped')
+    if (this.#epoch === undefined) {
+      // The last load could not set the marker: once Redis takes it, load again, since a loss
+      // between that load and now could not have been seen.
+      await this.#ensureEpoch()
+      this.#noticeLoss('marker')
+      return
     }
     const [epoch, revokedExists, revisionsExist] = await this.#bounded(this.#redis.eval(CHECK_SCRIPT, 3, this.#names.epoch, this.#names.revoked, this.#names.revisions) as Promise<[string | null, number, number]>)
     if (epoch !== this.#epoch) this.#noticeLoss('marker')

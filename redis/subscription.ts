@@ -17,6 +17,7 @@
 import { EventEmitter } from 'node:events'
 import type { Cluster, Redis } from 'ioredis'
 import { STORE_SLOT } from './layout.js'
+import { noop } from './store-link.js'
 
 export type SubscriptionEvents = {
   /** A message on the channel. */
@@ -39,8 +40,6 @@ export interface Subscription extends EventEmitter<SubscriptionEvents> {
   /** Unsubscribes and closes the connection; `bounded` limits the wait for Redis. */
   close: (bounded: <T>(command: Promise<T>) => Promise<T>) => Promise<void>
 }
-
-const noop = (): void => {}
 
 /** The subscription for the host's client: a Cluster gets one that follows the store's slot. */
 export function subscribeFor (redis: Redis | Cluster, channel: string, slotKey: string, retryIntervalMs: number): Subscription {
@@ -89,7 +88,7 @@ class ConnectionSubscription extends EventEmitter<SubscriptionEvents> implements
 
 /** `MOVED <slot> <host>:<port>`: where Redis says the slot is served (the host may be IPv6). */
 function movedTo (err: unknown): { host: string, port: number } | undefined {
-  const match = /^MOVED \d+ (.+):(\d+)$/.exec((err as Error)?.message ?? '')
+  const match = /^MOVED \d+ (.+):(\d+)$/.exec((err as Error).message)
   return match === null ? undefined : { host: match[1], port: Number(match[2]) }
 }
 
@@ -103,8 +102,6 @@ class ClusterSubscription extends EventEmitter<SubscriptionEvents> implements Su
   #movedTo: { host: string, port: number } | undefined
   #attempts = 0
   #timer: NodeJS.Timeout | undefined
-  #closed = false
-
   constructor (cluster: Cluster, channel: string, slotKey: string, retryIntervalMs: number) {
     super()
     this.#cluster = cluster
@@ -127,8 +124,8 @@ class ClusterSubscription extends EventEmitter<SubscriptionEvents> implements Su
    * receive messages, but would not notice a failover of the primary that lost writes.
    */
   async subscribe (): Promise<void> {
-    const connection = this.#connection
-    if (connection === undefined) throw new Error('no connection to the Cluster node of the store\'s slot')
+    // Called right after `ready` was true: the connection is there.
+    const connection = this.#connection!
     try {
       await connection.exists(this.#slotKey)
     } catch (err) {
@@ -146,7 +143,6 @@ class ClusterSubscription extends EventEmitter<SubscriptionEvents> implements Su
   }
 
   async close (bounded: <T>(command: Promise<T>) => Promise<T>): Promise<void> {
-    this.#closed = true
     clearTimeout(this.#timer)
     const connection = this.#connection
     this.#connection = undefined
@@ -170,7 +166,6 @@ class ClusterSubscription extends EventEmitter<SubscriptionEvents> implements Su
 
   #connect (): void {
     this.#timer = undefined
-    if (this.#closed) return
     const template = this.#template()
     if (template === undefined) {
       this.#retry()
@@ -199,8 +194,8 @@ class ClusterSubscription extends EventEmitter<SubscriptionEvents> implements Su
     connection.on('error', (err: Error) => this.emit('problem', err))
   }
 
+  /** Never after `close()`: it clears the timer, and the closed connection is no longer this one's. */
   #retry (): void {
-    if (this.#closed) return
     this.#attempts++
     this.#cluster.refreshSlotsCache()
     const delay = this.#movedTo !== undefined ? 0 : Math.min(50 * 2 ** Math.min(this.#attempts, 10), this.#retryIntervalMs)

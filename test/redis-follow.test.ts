@@ -12,6 +12,7 @@ import { startRedisServer, type RedisServer } from './helpers/redis-server.js'
 import { followStoreContract } from './helpers/follow-store-contract.js'
 import { RedisRevocationStore, REDIS_STORE_ERRORS, DEFAULT_KEY_PREFIX, type RedisRevocationStoreOptions } from '../redis/index.js'
 import { redisNames } from '../redis/layout.js'
+import { JOURNAL_MS, RefreshJournal } from '../redis/refresh-states.js'
 import type { RefreshLease, RefreshState } from '../lib/session/follow-store.js'
 
 const NAMES = redisNames(DEFAULT_KEY_PREFIX)
@@ -186,6 +187,11 @@ t.test('Redis unreachable: no lease is granted; saves and rotations wait in the 
   await a.saveRefresh(saved, { sealed: 'sealed-saved', checkedAt: nowSec(), generation: 1 }, inAnHour())
   await a.endRefresh({ session: 'ended-in-outage' }, inAnHour())
   t.strictSame(await a.takeRefresh({ session: 'unknown' }), undefined, 'a take answers from the journal')
+  const journaled = { session: 'journaled', keycloakSession: 'kc-journaled' }
+  await a.saveRefresh(journaled, { sealed: 'sealed-journaled', checkedAt: nowSec(), generation: 1 }, inAnHour())
+  t.equal((await a.takeRefresh(journaled))?.sealed, 'sealed-journaled', 'a take of a state saved in the outage, from the journal')
+  await a.saveRefresh(journaled, { sealed: 'sealed-journaled-2', checkedAt: nowSec(), generation: 2 }, inAnHour())
+  t.strictSame((await a.takeKeycloakSessionRefreshes('kc-journaled')).map((s) => s.sealed), ['sealed-journaled-2'], 'so is a back-channel take')
   t.equal(a.queued, 3, 'two states and one end wait for Redis')
   await a.revise('revised-in-outage', { version: 1, identity: { company: 'c', user: 'u', user_name: 'n', role: 'user', company_name: 'C' } }, inAnHour())
   t.equal(a.revision('revised-in-outage')?.version, 1, 'a revision takes effect here at once')
@@ -200,4 +206,165 @@ t.test('Redis unreachable: no lease is granted; saves and rotations wait in the 
   t.strictSame(await admin.hgetall(NAMES.refresh('ended-in-outage')), { e: '1' })
   t.match(await admin.hget(NAMES.revisions, 'revised-in-outage'), /^1\|/)
   t.strictSame((await admin.smembers(NAMES.keycloakSession('kc-outage'))).sort(), ['outage', 'saved-in-outage'])
+})
+
+t.test('Redis refusing writes (NOREPLICAS): no lease, the rest kept and announced; all written once Redis takes writes again', async (t) => {
+  const server = await redisServer(t)
+  const aWarnings: string[] = []
+  const { store: a } = await store(t, server, { retryIntervalMs: 100, log: { warn: (_o, message) => { aWarnings.push(message) } } })
+  const warnings: string[] = []
+  const bClient = client(server)
+  const b = new RedisRevocationStore({ redis: bClient, log: { warn: (_o, message) => { warnings.push(message) } } })
+  t.teardown(async () => {
+    await b.close()
+    bClient.disconnect()
+  })
+  await b.ready()
+  const admin = client(server)
+  t.teardown(() => admin.disconnect())
+  const sid = 'kc-refused'
+  const held = { session: 'held', keycloakSession: sid }
+  const ending = { session: 'ending' }
+  const other = { session: 'other', keycloakSession: sid }
+  await a.saveRefresh(held, { sealed: 'sealed-held-1', checkedAt: nowSec() - 600, generation: 1 }, inAnHour())
+  await a.saveRefresh(ending, { sealed: 'sealed-ending', checkedAt: nowSec() - 600, generation: 1 }, inAnHour())
+  await a.saveRefresh(other, { sealed: 'sealed-other', checkedAt: nowSec() - 600, generation: 1 }, inAnHour())
+  const lease = await a.leaseRefresh(held, due()) as Extract<RefreshLease, { status: 'leased' }>
+  await admin.hset(NAMES.refresh('foreign'), { s: 'sealed-foreign', c: '1', g: '1', x: String(Math.ceil(inAnHour() * 1000)), l: 'foreign-lease', u: String(Date.now() + 60_000) })
+  await until(async () => (await b.takeRefresh({ session: 'absent' })) === undefined)
+  await admin.config('SET', 'min-replicas-to-write', '1')
+
+  await a.endRefresh(ending, inAnHour())
+  t.equal(await a.takeRefresh(ending), undefined, 'an end waiting for Redis: nothing to take')
+  // Its first retry fails too: the queued end is kept for the next.
+  await until(() => aWarnings.some((line) => line.includes('trying again')))
+  t.equal(a.queued, 1)
+  await t.rejects(b.leaseRefresh(other, due()), { code: REDIS_STORE_ERRORS.unavailable }, 'B asked Redis for a lease, which Redis refused')
+  await t.rejects(a.leaseRefresh(other, due()), { code: REDIS_STORE_ERRORS.unavailable }, 'A, whose writes fail, does not even ask')
+  const rotated: RefreshState = { sealed: 'sealed-held-2', checkedAt: nowSec(), generation: 2 }
+  t.equal(await a.releaseRefresh(held, lease.lease, rotated), true, 'a rotated token Redis refused is kept')
+  await a.saveRefresh({ session: 'saved' }, { sealed: 'sealed-saved', checkedAt: nowSec(), generation: 1 }, inAnHour())
+  // A state B's journal lacks (no replica announced it), under a lease B is told it holds.
+  t.equal(await b.releaseRefresh({ session: 'foreign' }, 'foreign-lease'), true, 'a release Redis refused: the lease ends by itself')
+  t.equal(await b.releaseRefresh({ session: 'foreign' }, 'not-a-lease', rotated), true, 'a rotation Redis refused, of a state B knows nothing of')
+  const identity = { company: 'c', user: 'u', user_name: 'n', role: 'user', company_name: 'C' }
+  await a.revise('revised', { version: 1, identity }, inAnHour())
+  await until(() => b.revision('revised')?.version === 1)
+  t.pass('the revision Redis refused was announced to B')
+  t.equal((await b.takeRefresh(other))?.sealed, 'sealed-other', 'a take Redis refused answers from the journal')
+  t.strictSame((await b.takeKeycloakSessionRefreshes(sid)).map((s) => s.sealed), ['sealed-held-2'], 'so does a back-channel take: the rotation announced, not the token Redis holds')
+
+  await admin.config('SET', 'min-replicas-to-write', '0')
+  await until(() => a.queued === 0 && a.synced)
+  t.equal(await admin.hget(NAMES.refresh('held'), 's'), 'sealed-held-2', 'the rotation is in Redis')
+  t.equal(await admin.hget(NAMES.refresh('saved'), 's'), 'sealed-saved')
+  t.strictSame(await admin.hgetall(NAMES.refresh('ending')), { e: '1' })
+  t.match(await admin.hget(NAMES.revisions, 'revised'), /^1\|/)
+})
+
+t.test('a release of a lease another replica granted, by a replica whose journal lacks the session, keeps the state\'s expiry', async (t) => {
+  const server = await redisServer(t)
+  const { store: a, redis } = await store(t, server)
+  const key = { session: 'elsewhere', keycloakSession: 'kc-elsewhere' }
+  const expiresAt = Math.floor(nowSec()) + 3600
+  await a.saveRefresh(key, { sealed: 'sealed-1', checkedAt: nowSec() - 600, generation: 1 }, expiresAt)
+  const { store: late } = await store(t, server)
+  const leased = await a.leaseRefresh(key, due()) as Extract<RefreshLease, { status: 'leased' }>
+  t.equal(await late.releaseRefresh(key, leased.lease, { sealed: 'sealed-2', checkedAt: nowSec(), generation: 2 }), true)
+  t.strictSame(await redis.hmget(NAMES.refresh('elsewhere'), 's', 'x'), ['sealed-2', String(expiresAt * 1000)])
+  t.equal(await redis.pexpiretime(NAMES.refresh('elsewhere')), expiresAt * 1000)
+  await a.endRefresh(key, nowSec() - 1)
+  t.equal((await late.leaseRefresh(key, due())).status, 'fresh', 'an end for a session already over changes nothing (checked at the release: fresh, not ended)')
+
+  // Leases this replica granted that have ended are forgotten as new ones are granted.
+  const short = { session: 'short-lease' }
+  await a.saveRefresh(short, { sealed: 'sealed-short', checkedAt: nowSec() - 600, generation: 1 }, inAnHour())
+  await a.leaseRefresh(short, { dueBefore: nowSec(), leaseMs: 20 })
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  t.equal((await a.leaseRefresh(short, due())).status, 'leased')
+
+  // A take returns the journal's token when Redis holds an older generation (a rotation it lost).
+  const lost = { session: 'lost-rotation' }
+  await a.saveRefresh(lost, { sealed: 'sealed-old', checkedAt: nowSec() - 600, generation: 1 }, inAnHour())
+  const before = await redis.hgetall(NAMES.refresh('lost-rotation'))
+  const held = await a.leaseRefresh(lost, due()) as Extract<RefreshLease, { status: 'leased' }>
+  await a.releaseRefresh(lost, held.lease, { sealed: 'sealed-new', checkedAt: nowSec(), generation: 2 })
+  await redis.hset(NAMES.refresh('lost-rotation'), before)
+  t.equal((await a.takeRefresh(lost))?.sealed, 'sealed-new', 'the newest token, for the logout to revoke')
+})
+
+t.test('revisions: what no store wrote is skipped at a load; expired ones go from the copy as it grows and are never written', async (t) => {
+  const server = await redisServer(t)
+  const admin = client(server)
+  t.teardown(() => admin.disconnect())
+  const identity = { company: 'c', user: 'u', user_name: 'n', role: 'user', company_name: 'C' }
+  await admin.hset(NAMES.revisions, 'garbage', 'not a revision', 'bad-json', '1|9999999999|{', 'bad-identity', '1|9999999999|{"role":1}', 'bad-expiry', '1|soon|{}',
+    'good', `3|9999999999|${JSON.stringify(identity)}`)
+  const { store: a } = await store(t, server, { writeTimeoutMs: 300, retryIntervalMs: 100 })
+  t.strictSame(a.revision('good'), { version: 3, identity })
+  for (const session of ['garbage', 'bad-json', 'bad-identity', 'bad-expiry']) t.equal(a.revision(session), undefined, session)
+
+  await a.revise('past', { version: 1, identity }, nowSec() - 1)
+  t.equal(a.revision('past'), undefined, 'an expired revision is not kept')
+  t.equal(await admin.hexists(NAMES.revisions, 'past'), 0, 'nor written')
+  const soon = nowSec() + 0.5
+  await a.revise('short', { version: 1, identity }, soon)
+  await new Promise((resolve) => setTimeout(resolve, (soon + 0.05) * 1000 - Date.now()))
+  await Promise.all(Array.from({ length: 1030 }, async (_, i) => { await a.revise(`many-${i}`, { version: 1, identity }, inAnHour()) }))
+  t.equal(a.revision('short'), undefined, 'expired')
+  t.equal(await admin.hexists(NAMES.revisions, 'short'), 0, 'and removed from Redis by a later write')
+
+  // Queued through an outage, expired before Redis is back: never written.
+  const down = once(a, 'stale')
+  await server.kill()
+  await down
+  const brief = nowSec() + 0.3
+  await a.revise('queued-short', { version: 1, identity }, brief)
+  await a.revise('queued-long', { version: 1, identity }, inAnHour())
+  await new Promise((resolve) => setTimeout(resolve, (brief + 0.05) * 1000 - Date.now()))
+  await server.start()
+  await until(() => a.synced && a.queued === 0)
+  const fresh = client(server)
+  t.teardown(() => fresh.disconnect())
+  t.equal(await fresh.hexists(NAMES.revisions, 'queued-short'), 0, 'the expired one was not written')
+  t.match(await fresh.hget(NAMES.revisions, 'queued-long'), /^1\|/, 'the live one was')
+  t.equal(await fresh.hlen(NAMES.revisions), 1032, 'with every other revision the copy held (a Redis restarted empty gets them back)')
+})
+
+t.test('the journal: newest generation per session, bounded, written states pruned after a minute unless out of touch', async (t) => {
+  const state = (generation: number): RefreshState => ({ sealed: `s-${generation}`, checkedAt: 1, generation })
+  const journal = new RefreshJournal(2)
+  journal.record({ session: 'a' }, state(2), inAnHour(), { written: false, create: true })
+  journal.record({ session: 'a' }, state(1), inAnHour(), { written: true, create: true })
+  t.equal(journal.get('a')?.state.generation, 2, 'a lower generation is ignored')
+  t.equal(journal.unwrittenCount, 1)
+  journal.learn({ session: 'a' }, state(2), inAnHour())
+  t.equal(journal.unwrittenCount, 1, 'an announcement of the same generation leaves its writer\'s entry unwritten')
+  journal.record({ session: 'a' }, state(2), inAnHour(), { written: true, create: true })
+  t.equal(journal.unwrittenCount, 0, 'the same generation written: written')
+  journal.record({ session: 'a' }, state(2), inAnHour(), { written: false, create: false })
+  t.equal(journal.unwrittenCount, 0, 'and stays written')
+  journal.record({ session: 'b' }, state(3), inAnHour(), { written: false, create: true })
+  journal.written('b', 2)
+  journal.written('none', 1)
+  t.equal(journal.unwrittenCount, 1, 'a lower generation written does not count for a higher one')
+  journal.learn({ session: 'c' }, state(1), inAnHour())
+  t.strictSame([journal.size, journal.get('a'), journal.get('c')?.written], [2, undefined, true], 'bounded: the oldest went first; a state learnt from another replica is its writer\'s to write')
+
+  const pruned = new RefreshJournal()
+  pruned.record({ session: 'expired' }, state(1), nowSec() - 1, { written: true, create: true })
+  t.equal(pruned.get('expired'), undefined, 'an expired state is not given')
+  pruned.record({ session: 'short' }, state(1), nowSec() + 0.2, { written: true, create: true })
+  pruned.record({ session: 'written' }, state(1), inAnHour(), { written: true, create: true })
+  pruned.record({ session: 'unwritten' }, state(1), inAnHour(), { written: false, create: false })
+  await new Promise((resolve) => setTimeout(resolve, 250))
+  pruned.prune(true)
+  t.equal(pruned.size, 2, 'expired states are pruned')
+  pruned.prune(true, performance.now() + JOURNAL_MS + 1)
+  t.equal(pruned.size, 2, 'out of touch: written states are kept past a minute')
+  pruned.prune(false, performance.now() + JOURNAL_MS + 1)
+  t.strictSame(pruned.unwritten().map((entry) => entry.key.session), ['unwritten'], 'in touch: a written state goes after a minute, an unwritten one stays')
+  t.equal(pruned.size, 1)
+  t.equal(pruned.rewriteAll(), 1)
+  t.equal(pruned.unwritten()[0].create, true, 'a write-back creates what Redis lost')
 })

@@ -249,6 +249,26 @@ t.test('Cluster: three primaries with a replica each', async (t) => {
   await t.test('a Cluster client with lazyConnect', async (t) => {
     const { store } = await replica(t, { ...topology, client: () => client({ lazyConnect: true }) })
     t.equal(store.synced, true)
+    const lazy = client({ lazyConnect: true })
+    t.teardown(() => lazy.disconnect())
+    const early = new RedisRevocationStore({ redis: lazy, log: { warn: () => {} } })
+    const pending = early.ready()
+    await early.close()
+    await t.rejects(pending, { code: 'ERR_CLEARML_KEYCLOAK_REDIS_CLOSED' }, 'closed before it knew a node: nothing left running')
+  })
+
+  await t.test('an ACL user without a command the store needs: ready() rejects, naming the refusal', async (t) => {
+    const nodes = cluster!.servers.filter((server) => server.running)
+    await Promise.all(nodes.map(async (server) => {
+      const admin = new Redis(server.port, server.host)
+      await admin.acl('SETUSER', 'no-exists', 'on', '>no-exists-password', '~*', '&*', '+@all', '-exists')
+      admin.disconnect()
+    }))
+    const limited = client({ redisOptions: { username: 'no-exists', password: 'no-exists-password' } })
+    t.teardown(() => limited.disconnect())
+    const store = new RedisRevocationStore({ redis: limited, readyTimeoutMs: 1500, retryIntervalMs: 100, log: { warn: () => {} } })
+    t.teardown(async () => { await store.close() })
+    await t.rejects(store.ready(), { code: 'ERR_CLEARML_KEYCLOAK_REDIS_NOT_READY', message: /NOPERM/ }, 'the subscriber checks the node with EXISTS before it subscribes')
   })
 
   await t.test('the SessionFollowStore contract', async (t) => {
