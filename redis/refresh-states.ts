@@ -133,12 +133,17 @@ export class RefreshJournal {
     return this.#entries.size
   }
 
-  /** Drops expired states, and written ones older than `JOURNAL_MS` (at `at`, a `performance.now()`) unless `keepWritten`. */
+  /**
+   * Drops written states older than `JOURNAL_MS` (at `at`, a `performance.now()`) unless
+   * `keepWritten`, and expired ones on the way. Entries are in the order recorded, so the walk stops
+   * at the first one young enough; while the store is out of touch it walks them all for expired ones.
+   */
   prune (keepWritten: boolean, at = performance.now()): void {
     const now = nowSec()
     const oldest = at - JOURNAL_MS
     for (const [session, entry] of this.#entries) {
-      if (entry.expiresAt <= now || (!keepWritten && entry.written && entry.recordedAt < oldest)) this.forget(session)
+      if (!keepWritten && entry.recordedAt >= oldest) break
+      if (entry.expiresAt <= now || (!keepWritten && entry.written)) this.forget(session)
     }
   }
 }

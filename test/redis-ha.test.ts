@@ -13,6 +13,7 @@ import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
 import { Cluster, Redis } from 'ioredis'
 import { startRedisCluster, startSentinelSet, type RedisCluster, type SentinelSet } from './helpers/redis-topology.js'
+import type { RedisServer } from './helpers/redis-server.js'
 import { followStoreContract } from './helpers/follow-store-contract.js'
 import { recordUnhandledRejections } from './helpers/unhandled.js'
 import { RedisRevocationStore, DEFAULT_KEY_PREFIX, type RedisRevocationStoreOptions } from '../redis/index.js'
@@ -193,6 +194,7 @@ async function failoverWhileBusy (t: Test, topology: Topology): Promise<void> {
 
 t.test('Sentinel: a primary, a replica, three Sentinels', async (t) => {
   let set: SentinelSet | undefined
+  let killed: RedisServer | undefined
   t.before(async () => {
     set = await startSentinelSet()
   })
@@ -204,12 +206,39 @@ t.test('Sentinel: a primary, a replica, three Sentinels', async (t) => {
       redis.on('error', () => {})
       return redis
     },
-    failover: async () => await set!.failover()
+    failover: async () => {
+      killed = (await set!.failover()).killed
+    }
   }
   await t.test('the primary SIGKILLed while logouts, logins and refreshes go on', async (t) => { await failoverWhileBusy(t, topology) })
   await t.test('the SessionFollowStore contract', async (t) => {
     const stores = await Promise.all([0, 1, 2].map(async () => (await replica(t, topology)).store))
     await followStoreContract(t, async () => stores)
+  })
+  await t.test('a manual failover (SENTINEL FAILOVER) with failoverDetector: both connections follow the new primary', async (t) => {
+    // Without failoverDetector the demoted primary keeps the store's subscriber (Sentinel does not
+    // close pub/sub connections): it still receives, through replication, but would not notice the
+    // next primary failing. With it, ioredis reconnects when the Sentinels announce the switch.
+    const follows: Topology = {
+      ...topology,
+      client: () => {
+        const redis = new Redis({ sentinels: set!.sentinels, name: set!.name, failoverDetector: true, retryStrategy: () => 50, sentinelRetryStrategy: () => 50 })
+        redis.on('error', () => {})
+        return redis
+      }
+    }
+    // The primary SIGKILLed above comes back empty; the Sentinels make it a replica of the new one.
+    await killed!.start()
+    await set!.settled()
+    const [a, b] = await Promise.all([0, 1].map(async () => await replica(t, follows)))
+    const resynced = Promise.all([once(a.store, 'synced'), once(b.store, 'synced')])
+    const { promoted } = await set!.manualFailover()
+    await resynced
+    t.pass('both stores lost their subscription with the old primary and loaded again')
+    await a.store.revoke('after-manual-failover', inAnHour())
+    await until('the revocation on B', () => b.store.isRevoked('after-manual-failover'))
+    t.equal(a.store.queued, 0, 'written to the new primary')
+    t.equal((await set!.primary()).port, promoted.port)
   })
 })
 

@@ -43,6 +43,8 @@ export interface SentinelSet {
   settled: () => Promise<void>
   /** SIGKILLs the primary; resolves once the Sentinels report a replica as the new primary, and that it has the role. */
   failover: () => Promise<{ killed: RedisServer, promoted: RedisServer }>
+  /** `SENTINEL FAILOVER`: the primary stays up and becomes a replica; resolves once every Sentinel reports the new one. */
+  manualFailover: () => Promise<{ demoted: RedisServer, promoted: RedisServer }>
   stop: () => Promise<void>
 }
 
@@ -195,6 +197,16 @@ export async function startSentinelSet (options: SentinelSetOptions = {}): Promi
           return (await replicationInfo(candidate)).get('role') === 'master' ? candidate : undefined
         })
         return { killed, promoted }
+      },
+      manualFailover: async () => {
+        await settled()
+        const demoted = await primaryNow()
+        await ask(sentinelServers[0], 'SENTINEL', 'FAILOVER', name)
+        const promoted = await until('the Sentinels to report the new primary', async () => {
+          const candidate = await primaryNow()
+          return candidate !== demoted ? candidate : undefined
+        })
+        return { demoted, promoted }
       },
       stop: async () => { await stopAll(started) }
     }
