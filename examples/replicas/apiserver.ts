@@ -50,6 +50,9 @@ function redisClient (): Redis | Cluster {
 
 // The host owns its clients, as @fastify/redis and @fastify/postgres do; the plugin only uses them.
 const redis = redisClient()
+// Connection errors are the store's to report (its warnings, once per outage); ioredis would print
+// every reconnection attempt.
+redis.on('error', () => {})
 const pool = new pg.Pool({ connectionString: required('DATABASE_URL'), connectionTimeoutMillis: 5000 })
 // An idle client whose server went away emits 'error' on the pool: without a listener, pg throws.
 pool.on('error', () => {})

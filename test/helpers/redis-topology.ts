@@ -64,8 +64,11 @@ export interface RedisCluster {
   primaryOf: (key: string) => Promise<RedisServer>
   /** Resolves once the cluster state is ok on every running node and every running replica has synced. */
   settled: () => Promise<void>
-  /** SIGKILLs the primary of `key`'s slot; resolves once one of its replicas owns the slot on every running node. */
-  failover: (key: string) => Promise<{ killed: RedisServer, promoted: RedisServer }>
+  /**
+   * SIGKILLs the primary of `key`'s slot, runs `during` (what a test does while it is gone), and
+   * resolves once one of its replicas owns the slot on every running node.
+   */
+  failover: (key: string, during?: () => Promise<void>) => Promise<{ killed: RedisServer, promoted: RedisServer }>
   /** `CLUSTER FAILOVER` on a replica of `key`'s primary (no data lost); resolves once it owns the slot on every node. */
   manualFailover: (key: string) => Promise<{ demoted: RedisServer, promoted: RedisServer }>
   stop: () => Promise<void>
@@ -280,11 +283,12 @@ export async function startRedisCluster (options: RedisClusterOptions = {}): Pro
       servers,
       primaryOf,
       settled,
-      failover: async (key) => {
+      failover: async (key, during) => {
         await settled()
         const slot = await keySlot(key)
         const killed = await primaryOf(key)
         await killed.kill()
+        await during?.()
         const promoted = await until(`a replica to own slot ${slot}`, async () => {
           const owner = await ownerOf(slot)
           return owner !== undefined && owner.primary !== killed.port ? byPort(owner.primary) : undefined
