@@ -9,11 +9,11 @@
  * | `<prefix>{store}:revoked` | sorted set | member: revoked id (a ClearML `session_id`, or `keycloak-sid:<sid>`), score: when that session expires (seconds) | members at the next write after their score; the key at its highest score |
  * | `<prefix>{store}:revisions` | hash | field: session id, value: `<version>\|<expiresAt>\|<identity JSON>`, the identity a revalidation gave the session | fields at the next write after their expiry; the key at the latest |
  * | `<prefix>{store}:revision-expiry` | sorted set | member: session id, score: when its revision expires (seconds); finds expired fields without a scan | as `revisions` |
- * | `<prefix>{store}:refresh:<session>` | hash | a session's refresh state: `s` sealed token, `c` checkedAt, `g` generation, `k` Keycloak `sid`; `l`/`u` the lease and until when (ms, Redis's clock); `e` set once ended (then nothing else) | at the session's expiry |
+ * | `<prefix>{store}:refresh:<session>` | hash | a session's refresh state: `s` sealed token, `c` checkedAt, `g` generation, `x` the session's expiry (ms), `k` Keycloak `sid`; `l`/`u` the lease and until when (ms, Redis's clock); `e` set once ended (then nothing else) | at the session's expiry |
  * | `<prefix>{store}:kc-session:<sid>` | set | the session ids of one Keycloak session (back-channel logout finds their refresh states) | when taken, or at the latest expiry of its sessions |
  * | `<prefix>{store}:claim:<state>` | string | `1`: a login transaction was used | at the transaction's expiry |
  * | `<prefix>{store}:value:<key>` | string | a sealed value (an ID token too large for a cookie) | when read, or at its expiry |
- * | `<prefix>{store}:changes` | channel (`PUBLISH`; `SPUBLISH` on a Cluster) | every change other replicas' copies need, as JSON (`encodeChanges`) | |
+ * | `<prefix>{store}:changes` | channel (`PUBLISH`; `SPUBLISH` on a Cluster) | every change other replicas' copies need, as JSON (`encodeChanges`): `r` revocations, `v` revisions, `f` refresh states written, `t` refresh states taken or ended, `u` when Redis refused the write and it was announced alone | |
  *
  * **One slot for everything.** Redis Cluster hashes only what is between the first `{` and `}` of a
  * name, so every key and the channel of one store live in one slot, on one shard: every script may
