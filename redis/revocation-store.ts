@@ -465,15 +465,17 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
    * timer: every session is refused already, and nothing is worth a warning yet.
    */
   #setOutOfTouch (reason: 'lost' | 'failing', since: number | undefined): void {
-    const wasStale = this.#staleSince !== undefined
+    const previous = this.#staleSince
     if (reason === 'lost') this.#lostSince = since
     else this.#failingSince = since
     const sinces = [this.#lostSince, this.#failingSince].filter((s): s is number => s !== undefined)
     this.#staleSince = sinces.length === 0 ? undefined : Math.min(...sinces)
+    // The other reason began later, or went while this one goes on: the bound still runs from the same moment.
+    if (this.#staleSince === previous) return
     clearTimeout(this.#staleTimer)
     this.#refusing = false
     if (this.#staleSince === undefined) return
-    if (!wasStale) this.emit('stale')
+    if (previous === undefined) this.emit('stale')
     if (Number.isFinite(this.#maxStaleMs) && this.#staleSince !== Number.NEGATIVE_INFINITY) {
       this.#staleTimer = setTimeout(this.#onRefusing, Math.max(0, this.#maxStaleMs - (performance.now() - this.#staleSince))).unref()
     }

@@ -24,6 +24,16 @@ import { freePort } from '../../examples/free-port.js'
 export const REDIS_SERVER_BINARY = process.env.REDIS_SERVER ?? '/usr/bin/redis-server'
 const SETPRIV = '/usr/bin/setpriv'
 
+/** What to kill and remove when the test process exits: one 'exit' listener for every server (a Cluster starts six). */
+const atExit = new Set<() => void>()
+let listening = false
+function onExit (cleanup: () => void): void {
+  atExit.add(cleanup)
+  if (listening) return
+  listening = true
+  process.once('exit', () => { for (const run of atExit) run() })
+}
+
 export interface RedisServer {
   readonly host: '127.0.0.1'
   readonly port: number
@@ -66,7 +76,7 @@ export async function startRedisServer (options: RedisServerOptions = {}): Promi
     child?.kill('SIGKILL')
     rmSync(dir, { recursive: true, force: true })
   }
-  process.once('exit', killOnExit)
+  onExit(killOnExit)
   let args = ['--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir,
     '--logfile', '', '--daemonize', 'no', ...(options.args ?? [])]
   if (options.sentinel !== undefined) {
@@ -125,7 +135,7 @@ export async function startRedisServer (options: RedisServerOptions = {}): Promi
       if (stopped) return
       stopped = true
       await kill()
-      process.removeListener('exit', killOnExit)
+      atExit.delete(killOnExit)
       await rm(dir, { recursive: true, force: true })
     }
   }
