@@ -50,6 +50,8 @@ interface JournalEntry {
   written: boolean
   /** How an unwritten entry is written: a save creates the state; a rotation only replaces one (a logout may have taken it). */
   create: boolean
+  /** The lease a rotation Redis did not take was released with: its write ends that lease too. */
+  lease?: string
 }
 
 /** The newest refresh state of each session written recently, in the order recorded. */
@@ -78,13 +80,13 @@ export class RefreshJournal {
   }
 
   /** Keeps the higher generation; an equal one counts as written when either was. */
-  record (key: RefreshKey, state: RefreshState, expiresAt: number, how: { written: boolean, create: boolean }): void {
+  record (key: RefreshKey, state: RefreshState, expiresAt: number, how: { written: boolean, create: boolean, lease?: string }): void {
     const current = this.#entries.get(key.session)
     if (current !== undefined && current.state.generation > state.generation) return
     const written = how.written || (current !== undefined && current.state.generation === state.generation && current.written)
     this.#entries.delete(key.session)
     if (this.#entries.size >= this.#max) this.forget(this.#entries.keys().next().value!)
-    this.#entries.set(key.session, { key, state, expiresAt, recordedAt: performance.now(), written, create: how.create })
+    this.#entries.set(key.session, { key, state, expiresAt, recordedAt: performance.now(), written, create: how.create, lease: how.lease })
     if (written) this.#unwritten.delete(key.session)
     else this.#unwritten.add(key.session)
   }
@@ -104,6 +106,7 @@ export class RefreshJournal {
     const entry = this.#entries.get(session)
     if (entry === undefined || entry.state.generation > generation) return
     entry.written = true
+    entry.lease = undefined
     this.#unwritten.delete(session)
   }
 
@@ -168,6 +171,12 @@ export class RefreshStates {
    */
   readonly #queuedEnds = new Map<string, { key: RefreshKey, expiresAt: number }>()
   /**
+   * Releases Redis did not take and the journal cannot hold (no token, or a session whose expiry this
+   * replica does not know), by lease id: written when Redis answers, so the lease does not keep every
+   * other replica waiting until it ends. Few: a release follows a lease, which needed Redis.
+   */
+  readonly #queuedReleases = new Map<string, { key: RefreshKey, next?: RefreshState }>()
+  /**
    * Leases granted here and not yet released: the session's expiry, for the journal entry of the
    * rotated state, and when the lease ends; in the order granted, so ended ones go from the front.
    */
@@ -178,7 +187,7 @@ export class RefreshStates {
   }
 
   get queued (): number {
-    return this.journal.unwrittenCount + this.#queuedEnds.size
+    return this.journal.unwrittenCount + this.#queuedEnds.size + this.#queuedReleases.size
   }
 
   async saveRefresh (key: RefreshKey, state: RefreshState, expiresAt: number): Promise<void> {
@@ -241,17 +250,21 @@ export class RefreshStates {
     // The session's expiry, for the journal: known from the lease, or from a state recorded here.
     const expiresAt = this.#leases.get(lease)?.expiresAt ?? this.journal.get(key.session)?.expiresAt
     this.#leases.delete(lease)
-    if (next !== undefined && expiresAt !== undefined) this.journal.record(key, next, expiresAt, { written: false, create: false })
+    const journaled = next !== undefined && expiresAt !== undefined
+    if (journaled) this.journal.record(key, next, expiresAt, { written: false, create: false, lease })
+    let problem: unknown
     if (this.#link.connected()) {
       try {
         return await this.#release(key, lease, next, expiresAt)
       } catch (err) {
-        if (next !== undefined) this.#link.writeFailed('rotated refresh state', err, expiresAt === undefined ? undefined : { refreshStates: [toEntry(key, next, expiresAt)] })
-        // The lease ends by itself after leaseMs; the rotated state is written when Redis answers.
-        return true
+        problem = err
       }
     }
-    if (next !== undefined) this.#link.writeFailed('rotated refresh state', undefined)
+    // Written when Redis answers (the rotated state from the journal, with its lease); meanwhile
+    // the caller did its part.
+    if (!journaled) this.#queuedReleases.set(lease, { key, next })
+    this.#link.writeFailed(next === undefined ? 'refresh release' : 'rotated refresh state', problem,
+      problem === undefined || !journaled ? undefined : { refreshStates: [toEntry(key, next, expiresAt)] })
     return true
   }
 
@@ -325,8 +338,14 @@ export class RefreshStates {
   async flush (): Promise<number> {
     const states = this.journal.unwritten()
     await this.#link.bounded(Promise.all(states.map(async (entry) => {
+      // A rotation ends its lease as it is written; a state Redis may have lost is created too.
+      if (entry.lease !== undefined) await this.#release(entry.key, entry.lease, entry.state, entry.expiresAt)
       if (entry.create) await this.#write(entry)
-      else await this.#release(entry.key, '', entry.state, entry.expiresAt)
+    })))
+    const releases = [...this.#queuedReleases]
+    await this.#link.bounded(Promise.all(releases.map(async ([lease, { key, next }]) => {
+      await this.#release(key, lease, next, undefined)
+      this.#queuedReleases.delete(lease)
     })))
     const now = nowSec()
     const ends = [...this.#queuedEnds.values()].filter((end) => end.expiresAt > now)
@@ -337,7 +356,7 @@ export class RefreshStates {
       for (const end of ends) this.#queueEnd(end.key, end.expiresAt)
       throw err
     }
-    return states.length + ends.length
+    return states.length + releases.length + ends.length
   }
 
   #stateArgs (key: RefreshKey, state: RefreshState, expiresAt: number | undefined): Array<string | number> {

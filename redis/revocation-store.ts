@@ -571,7 +571,8 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
   }
 
   #noticeLoss (reason: LossReason): void {
-    if (this.#loss !== undefined || this.#closed) return
+    // Noticed already (by another write's reply, or the check): the full load to come covers both.
+    if (this.#loss !== undefined) return
     this.#loss = reason
     this.#warn({ reason, revocations: this.#revoked.size },
       'RedisRevocationStore found that Redis lost data this replica holds (FLUSHALL, a deleted key, a failover to a replica that missed writes); loading again and writing back what Redis lacks')

@@ -255,8 +255,9 @@ t.test('Redis refusing writes (NOREPLICAS): no lease, the rest kept and announce
   t.strictSame((await b.takeKeycloakSessionRefreshes(sid)).map((s) => s.sealed), ['sealed-held-2'], 'so does a back-channel take: the rotation announced, not the token Redis holds')
 
   await admin.config('SET', 'min-replicas-to-write', '0')
-  await until(() => a.queued === 0 && a.synced)
-  t.equal(await admin.hget(NAMES.refresh('held'), 's'), 'sealed-held-2', 'the rotation is in Redis')
+  await until(() => a.queued === 0 && a.synced && b.queued === 0 && b.synced)
+  t.strictSame(await admin.hmget(NAMES.refresh('held'), 's', 'l'), ['sealed-held-2', null], 'the rotation is in Redis, and its lease ended')
+  t.strictSame(await admin.hmget(NAMES.refresh('foreign'), 's', 'l'), ['sealed-held-2', null], 'B\'s release and rotation too, though B knew nothing of the session')
   t.equal(await admin.hget(NAMES.refresh('saved'), 's'), 'sealed-saved')
   t.strictSame(await admin.hgetall(NAMES.refresh('ending')), { e: '1' })
   t.match(await admin.hget(NAMES.revisions, 'revised'), /^1\|/)
