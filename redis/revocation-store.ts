@@ -101,8 +101,8 @@ export type RedisRevocationStoreEvents = {
   synced: [report: SyncReport]
   /** Revocations arrived by pub/sub and are in the local copy (from any replica, this one included). */
   received: [ids: string[]]
-  /** Revisions arrived by pub/sub and are in the local copy. */
-  revised: [sessionIds: string[]]
+  /** Revisions arrived by pub/sub and are in the local copy: how many (never which sessions). */
+  revised: [count: number]
   /** The subscriber lost Redis, or Redis stopped taking this replica's writes: answers come from the local copy, for `maxStaleMs` at most. */
   stale: []
   /** `maxStaleMs` passed out of touch: every session is refused until the store is in touch again. */
@@ -796,7 +796,7 @@ export class RedisRevocationStore extends EventEmitter<RedisRevocationStoreEvent
     }
     if (changes.revisions !== undefined) {
       this.#revisions.received(changes.revisions)
-      this.emit('revised', changes.revisions.map(([session]) => session))
+      this.emit('revised', changes.revisions.length)
     }
     this.#refresh.received(changes)
   }
