@@ -12,7 +12,10 @@
  *       stream while B serves `authenticate` at full load;
  *   (c) the full load a replica makes at start and after each reconnect: time and heap per entry;
  *   (d) the revocation check itself, in process, against the in-memory store (steadier than req/s
- *       on a shared machine).
+ *       on a shared machine);
+ *   (e) propagation on a Redis Cluster (three primaries with a replica each, `redis-cli --cluster
+ *       create`), two more replicas on ioredis `Cluster` clients, against the single Redis of (b), in
+ *       the same run, series interleaved.
  *
  *   BENCH_ROUNDS (5)  BENCH_DURATION seconds per measurement (3)  BENCH_CONNECTIONS (50)
  *   BENCH_REVOCATIONS live revocations in Redis (100000)  BENCH_PROPAGATION revocations per series (200)
@@ -26,8 +29,10 @@ import { Redis } from 'ioredis'
 import { startFastProvider } from './fast-provider.js'
 import { CONNECTIONS, DURATION, median, ROUNDS, startApiserver, type Apiserver } from './common.js'
 import { startRedisServer } from '../test/helpers/redis-server.js'
+import { startRedisCluster } from '../test/helpers/redis-topology.js'
 import { RedisRevocationStore } from '../redis/index.js'
 import { MemoryRevocationStore, type RevocationStore } from '../lib/session/revocations.js'
+import { Cluster } from 'ioredis'
 import { DEFAULT_KEY_PREFIX, redisNames } from '../redis/layout.js'
 
 const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 100_000)
@@ -108,14 +113,20 @@ async function main (): Promise<void> {
   const seed = new Redis(server.url)
   const names = redisNames(DEFAULT_KEY_PREFIX)
 
-  // Live revocations as replicas would have written them (one hour to go), in batches of 10,000.
+  const cluster = await startRedisCluster()
+  const clusterSeed = new Cluster(cluster.startupNodes)
+
+  // Live revocations as replicas would have written them (one hour to go), in batches of 10,000,
+  // in both the single Redis and the Cluster.
   const expiresAt = Math.floor(Date.now() / 1000) + 3600
-  for (let offset = 0; offset < REVOCATIONS; offset += 10_000) {
-    const pairs: Array<string | number> = []
-    for (let i = offset; i < Math.min(REVOCATIONS, offset + 10_000); i++) pairs.push(expiresAt, `seed-session-${i}`)
-    await seed.zadd(names.revoked, ...pairs)
+  for (const target of [seed, clusterSeed]) {
+    for (let offset = 0; offset < REVOCATIONS; offset += 10_000) {
+      const pairs: Array<string | number> = []
+      for (let i = offset; i < Math.min(REVOCATIONS, offset + 10_000); i++) pairs.push(expiresAt, `seed-session-${i}`)
+      await target.zadd(names.revoked, ...pairs)
+    }
+    await target.pexpireat(names.revoked, expiresAt * 1000)
   }
-  await seed.pexpireat(names.revoked, expiresAt * 1000)
 
   // (c) The full load: a new store's ready(), five times; heap held by its local copy.
   const loads: Array<{ ms: number, loadMs: number, heapBytes: number }> = []
@@ -140,6 +151,9 @@ async function main (): Promise<void> {
 
   const a = await startReplica('./servers/redis-app.ts', [provider.issuer, server.url])
   const b = await startReplica('./servers/redis-app.ts', [provider.issuer, server.url])
+  const clusterUrl = `cluster:${cluster.startupNodes.map((node) => `${node.host}:${node.port}`).join(',')}`
+  const ca = await startReplica('./servers/redis-app.ts', [provider.issuer, clusterUrl])
+  const cb = await startReplica('./servers/redis-app.ts', [provider.issuer, clusterUrl])
   // The same apiserver with the default in-memory store, measured in the same run for comparison.
   const memory = await startReplica('./servers/plugin-app.ts', [provider.issuer])
   const cookie = { cookie: `clearml_token_basic=${a.info.sessionToken}` }
@@ -166,13 +180,19 @@ async function main (): Promise<void> {
   const rps = Object.fromEntries(scenarioNames.map((name) => [name, median(samples.get(name)!.map((s) => s.rps))]))
   const cpuUs = Object.fromEntries(scenarioNames.map((name) => [name, median(samples.get(name)!.map((s) => s.cpuUs))]))
 
-  // (b) Propagation from A to B: a steady stream, a burst, and a stream while B is under full load.
+  // (b) Propagation from A to B: a steady stream, a burst, and a stream while B is under full load;
+  // (e) the same stream and burst on the Cluster, interleaved round by round.
   await propagate(a, b, 'warm-up', 50, INTERVAL_MS)
+  await propagate(ca, cb, 'cluster-warm-up', 50, INTERVAL_MS)
   const stream: Series[] = []
   const burst: Series[] = []
+  const clusterStream: Series[] = []
+  const clusterBurst: Series[] = []
   for (let round = 0; round < 3; round++) {
     stream.push(await propagate(a, b, `stream-${round}`, PROPAGATION, INTERVAL_MS))
+    clusterStream.push(await propagate(ca, cb, `cluster-stream-${round}`, PROPAGATION, INTERVAL_MS))
     burst.push(await propagate(a, b, `burst-${round}`, PROPAGATION, 0))
+    clusterBurst.push(await propagate(ca, cb, `cluster-burst-${round}`, PROPAGATION, 0))
   }
   const busyLoad = autocannon({ url: `${b.url}/protected`, connections: CONNECTIONS, duration: Math.max(DURATION, Math.ceil(PROPAGATION * INTERVAL_MS / 1000) + 2), headers: { cookie: `clearml_token_basic=${b.info.sessionToken}` } })
   await new Promise((resolve) => setTimeout(resolve, 500))
@@ -181,10 +201,12 @@ async function main (): Promise<void> {
   const statsA = await json<Stats>(`${a.url}/stats`)
   const statsB = await json<Stats>(`${b.url}/stats`)
 
-  for (const replica of [a, b, memory]) await fetch(`${replica.url}/exit`, { method: 'POST' }).catch(() => {})
+  for (const replica of [a, b, ca, cb, memory]) await fetch(`${replica.url}/exit`, { method: 'POST' }).catch(() => {})
   seed.disconnect()
+  clusterSeed.disconnect()
   await provider.close()
   await server.stop()
+  await cluster.stop()
 
   const pooled = (series: Series[]): { count: number, missing: number, p50: number, p99: number, max: number, revokeP50: number, revokeP99: number } => {
     const latencies = series.flatMap((s) => s.latenciesMs)
@@ -215,6 +237,7 @@ async function main (): Promise<void> {
       memory: cpuUs['memory store: authenticate, session cookie'] - cpuUs['memory store: bare route']
     },
     propagationMs: { stream: pooled(stream), burst: pooled(burst), streamWhileBusy: { ...pooled(busy), busyRps: Math.round(busyResult.requests.average), busyNon2xx: busyResult.non2xx } },
+    clusterPropagationMs: { stream: pooled(clusterStream), burst: pooled(clusterBurst) },
     samples: Object.fromEntries(scenarioNames.map((name) => [name, samples.get(name)!.map((s) => ({ rps: Math.round(s.rps), cpuUs: Number(s.cpuUs.toFixed(1)) }))])),
     isRevokedNs: checkNs,
     fullLoad: { entries: REVOCATIONS, readyMs: median(loads.map((l) => l.ms)), loadMs: median(loads.map((l) => l.loadMs)), heapBytesPerEntry: median(loads.map((l) => l.heapBytes)) / REVOCATIONS },
@@ -240,6 +263,8 @@ async function main (): Promise<void> {
   row(`stream, one every ${INTERVAL_MS} ms`, summary.propagationMs.stream)
   row('burst, all at once', summary.propagationMs.burst)
   row(`stream while B serves authenticate (${f(summary.propagationMs.streamWhileBusy.busyRps)} req/s)`, summary.propagationMs.streamWhileBusy)
+  row(`Cluster: stream, one every ${INTERVAL_MS} ms`, summary.clusterPropagationMs.stream)
+  row('Cluster: burst, all at once', summary.clusterPropagationMs.burst)
   console.log(`
 | full load of ${f(REVOCATIONS)} revocations (median of 5) | value |
 |---|---|

@@ -13,12 +13,14 @@ import {
   RedisRevocationStore, REDIS_STORE_ERRORS, DEFAULT_KEY_PREFIX,
   type RedisRevocationStoreEvents, type RedisRevocationStoreOptions
 } from '../redis/index.js'
-import { decodeRevocations } from '../redis/layout.js'
+import { decodeChanges, decodeStoredRevision, redisNames } from '../redis/layout.js'
 import { recordUnhandledRejections } from './helpers/unhandled.js'
 
 /** Clients that reconnect quickly, so a restarted Redis is found within a test's patience. */
 const FAST_RECONNECT: RedisOptions = { retryStrategy: () => 50 }
-const REVOKED = `${DEFAULT_KEY_PREFIX}revoked`
+const NAMES = redisNames(DEFAULT_KEY_PREFIX)
+const REVOKED = NAMES.revoked
+const CHANNEL = NAMES.channel
 
 const nowSec = (): number => Math.floor(Date.now() / 1000)
 const inAnHour = (): number => nowSec() + 3600
@@ -85,6 +87,12 @@ async function until<E extends keyof RedisRevocationStoreEvents> (store: RedisRe
   while (!check()) await once(store as never, event, { signal })
 }
 
+/** Resolves once `store` has loaded again (after a loss) and written what Redis lacked; call it before the loss. */
+async function writtenBack (store: RedisRevocationStore): Promise<void> {
+  await once(store, 'synced')
+  await until(store, 'flushed', () => store.queued === 0)
+}
+
 t.test('options and inputs: refused with a stable code, nothing changed', async (t) => {
   const server = await redisServer(t)
   const redis = client(server)
@@ -118,7 +126,7 @@ t.test('options and inputs: refused with a stable code, nothing changed', async 
   await t.rejects(store.takeValue(undefined as never), input)
   t.equal(store.size, 0, 'nothing revoked')
   t.equal(store.queued, 0, 'nothing queued')
-  t.equal(await redis.dbsize(), 0, 'nothing written to Redis')
+  t.strictSame(await redis.keys('*'), [NAMES.epoch], 'nothing written to Redis (but the loss marker)')
 })
 
 t.test('a revocation on one replica is refused on the other, kept in Redis until the session expires', async (t) => {
@@ -187,7 +195,7 @@ t.test('ready() loads what is in Redis, page by page; other prefixes are not sha
   const other = await replica(t, server, { keyPrefix: 'other-app:' })
   t.equal(other.store.size, 0, 'a store with another prefix does not see them')
   await other.store.revoke('mine', expiresAt)
-  t.equal(Number(await seed.zscore('other-app:revoked', 'mine')), expiresAt)
+  t.equal(Number(await seed.zscore(redisNames('other-app:').revoked, 'mine')), expiresAt)
 })
 
 t.test('claimOnce: concurrent claims of one login across replicas, exactly one wins', async (t) => {
@@ -196,11 +204,11 @@ t.test('claimOnce: concurrent claims of one login across replicas, exactly one w
   const expiresAt = nowSec() + 600
   const claims = await Promise.all(Array.from({ length: 40 }, async (_, i) => await stores[i % 4].store.claimOnce('state-abc', expiresAt)))
   t.equal(claims.filter(Boolean).length, 1, 'one of 40 concurrent claims on 4 replicas')
-  t.equal(await stores[0].redis.pexpiretime(`${DEFAULT_KEY_PREFIX}claim:state-abc`), expiresAt * 1000, 'kept until the transaction expires')
+  t.equal(await stores[0].redis.pexpiretime(NAMES.claim('state-abc')), expiresAt * 1000, 'kept until the transaction expires')
   t.equal(await stores[1].store.claimOnce('state-def', expiresAt), true, 'another login is its own claim')
   t.equal(await stores[2].store.claimOnce('state-def', expiresAt), false)
   t.equal(await stores[3].store.claimOnce('state-old', nowSec() - 1), true, 'an expired transaction is not recorded (the codec refuses it first)')
-  t.equal(await stores[0].redis.exists(`${DEFAULT_KEY_PREFIX}claim:state-old`), 0)
+  t.equal(await stores[0].redis.exists(NAMES.claim('state-old')), 0)
 })
 
 t.test('values: set on one replica, taken once on another', async (t) => {
@@ -209,12 +217,12 @@ t.test('values: set on one replica, taken once on another', async (t) => {
   const b = await replica(t, server)
   const expiresAt = inAnHour()
   await a.store.setValue('idt:1', 'sealed-id-token', expiresAt)
-  t.equal(await a.redis.pexpiretime(`${DEFAULT_KEY_PREFIX}value:idt:1`), expiresAt * 1000, 'kept until its expiry')
+  t.equal(await a.redis.pexpiretime(NAMES.value('idt:1')), expiresAt * 1000, 'kept until its expiry')
   t.equal(await b.store.takeValue('idt:1'), 'sealed-id-token', 'read on the other replica')
   t.equal(await a.store.takeValue('idt:1'), undefined, 'and gone once read')
   t.equal(await b.store.takeValue('never-set'), undefined)
   await a.store.setValue('idt:2', 'too-late', nowSec() - 1)
-  t.equal(await a.redis.exists(`${DEFAULT_KEY_PREFIX}value:idt:2`), 0, 'an expired value is not written')
+  t.equal(await a.redis.exists(NAMES.value('idt:2')), 0, 'an expired value is not written')
 })
 
 t.test('Redis killed mid-run: writes queue within the bound, take effect at once, and reach everyone after the restart', async (t) => {
@@ -335,7 +343,7 @@ t.test('outage policy: serve from the copy for maxStaleMs, then refuse, then ser
   t.equal(a.store.isRevoked('a-live-session'), true, 'after maxStaleMs: every session refused')
   t.equal(a.store.isRefusingAll(), true)
   await t.rejects(a.store.claimOnce('state-late', nowSec() + 600), { code: REDIS_STORE_ERRORS.unavailable }, 'and logins refused, since their sessions would be')
-  t.match(a.warnings.join('\n'), 'every session is refused until it reconnects')
+  t.match(a.warnings.join('\n'), 'every session is refused until it is in touch again')
 
   const synced = once(a.store, 'synced')
   await server.start()
@@ -377,7 +385,7 @@ t.test('a load that raced a disconnection is not trusted: the store loads again'
   await admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub')
   await stale
   // The subscriber is back and its load waits behind the paused write: drop the subscription again.
-  while (Number((await admin.pubsub('NUMSUB', REVOKED))[1]) === 0) await sleep(10)
+  while (Number((await admin.pubsub('NUMSUB', CHANNEL))[1]) === 0) await sleep(10)
   await sleep(50)
   await admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub')
   // It reconnects while that load still waits; it subscribes again once that load has answered
@@ -420,7 +428,7 @@ t.test('Redis slow to take writes: each waits writeTimeoutMs at most and is writ
   // the value taken meanwhile has been sent and done.
   await a.redis.ping()
   await a.redis.ping()
-  t.equal(await admin.exists(`${DEFAULT_KEY_PREFIX}value:idt:taken`), 0, 'a value taken during its write is deleted once written')
+  t.equal(await admin.exists(NAMES.value('idt:taken')), 0, 'a value taken during its write is deleted once written')
   t.equal(await b.store.takeValue('idt:taken'), undefined, 'so it is read once only')
 })
 
@@ -447,8 +455,8 @@ t.test('a long outage: the queue is bounded, and what expires before Redis is ba
 
   await server.start()
   await until(a.store, 'flushed', () => a.store.queued === 0)
-  t.equal(await a.redis.dbsize(), 9996, 'the live values only (bulk-5 to bulk-10000); nothing expired was written')
-  t.equal(await a.redis.get(`${DEFAULT_KEY_PREFIX}value:bulk-10000`), 'sealed')
+  t.equal((await a.redis.keys('*')).filter((key) => key !== NAMES.epoch).length, 9996, 'the live values only (bulk-5 to bulk-10000); nothing expired was written')
+  t.equal(await a.redis.get(NAMES.value('bulk-10000')), 'sealed')
 })
 
 t.test('close() unsubscribes and leaves the host client usable', async (t) => {
@@ -459,10 +467,10 @@ t.test('close() unsubscribes and leaves the host client usable', async (t) => {
   const store = new RedisRevocationStore({ redis })
   await store.ready()
   await store.ready()
-  t.equal(Number((await redis.pubsub('NUMSUB', REVOKED))[1]), 1, 'subscribed')
+  t.equal(Number((await redis.pubsub('NUMSUB', CHANNEL))[1]), 1, 'subscribed')
   await store.close()
   await store.close()
-  t.equal(Number((await redis.pubsub('NUMSUB', REVOKED))[1]), 0, 'unsubscribed')
+  t.equal(Number((await redis.pubsub('NUMSUB', CHANNEL))[1]), 0, 'unsubscribed')
   t.equal(await redis.ping(), 'PONG', 'the host client still works')
   t.equal(redis.listenerCount('ready'), readyListeners, 'and carries no listener of the store')
   await t.rejects(store.ready(), { code: REDIS_STORE_ERRORS.closed })
@@ -546,11 +554,22 @@ t.test('a message on the channel that no store wrote is ignored', async (t) => {
   const a = await replica(t, server)
   const publisher = client(server)
   t.teardown(() => publisher.disconnect())
-  for (const message of ['not json', '{"id":"x"}', '[["x"]]', '[[1, 2]]', '[["", 2]]', '[["x", "soon"]]', '["x", 1]']) {
-    t.equal(decodeRevocations(message), undefined, message)
+  const identity = '{"company":"c","user":"u","user_name":"n","role":"user","company_name":"C"}'
+  for (const message of [
+    'not json', 'null', '[]', '[["x", 1]]', '{}', '{"u":1}', '{"id":"x"}', '{"r":[["x",1]],"z":1}', '{"r":[["x",1]],"u":true}',
+    '{"r":[["x"]]}', '{"r":[[1,2]]}', '{"r":[["",2]]}', '{"r":[["x","soon"]]}', '{"r":["x",1]}', '{"r":{"x":1}}',
+    `{"v":[["s",1,${identity}]]}`, `{"v":[["s",0,${identity},1]]}`, '{"v":[["s",1,{"role":"admin"},1]]}', '{"v":[["s",1,null,1]]}', '{"v":[["s",1,[],1]]}',
+    '{"f":[["s",null,"sealed",1,1]]}', '{"f":[["s","","sealed",1,1,1]]}', '{"f":[["s",null,7,1,1,1]]}', '{"f":[["s",null,"sealed",1,1.5,1]]}',
+    '{"t":[""]}', '{"t":"s"}'
+  ]) {
+    t.equal(decodeChanges(message), undefined, message)
   }
-  await publisher.publish(REVOKED, '[["forged", 1e12]')
-  await publisher.publish(REVOKED, JSON.stringify([['real', inAnHour()]]))
+  t.strictSame(decodeChanges(`{"r":[["x",1]],"v":[["s",2,${identity},3]],"f":[["s","kc","sealed",1,2,3]],"t":["s"],"u":1}`), {
+    revocations: [['x', 1]], revisions: [['s', 2, JSON.parse(identity), 3]], refreshStates: [['s', 'kc', 'sealed', 1, 2, 3]], taken: ['s'], unwritten: true
+  }, 'every part together')
+  for (const stored of ['', '1|2', 'x|2|{}', '1|2|{', '1|2|{"role":"admin"}', '1|soon|' + identity, '0|2|' + identity]) t.equal(decodeStoredRevision(stored), undefined, stored)
+  await publisher.publish(CHANNEL, '[["forged", 1e12]')
+  await publisher.publish(CHANNEL, JSON.stringify({ r: [['real', inAnHour()]] }))
   await until(a.store, 'received', () => a.store.isRevoked('real'))
   t.equal(a.store.isRevoked('forged'), false)
   t.match(a.warnings.join('\n'), 'ignored a message on its channel that no store wrote')
@@ -567,6 +586,132 @@ t.test('without a log, warnings go to process warnings', async (t) => {
   const [emitted] = await warning as [Error & { code: string }]
   t.equal(emitted.code, 'CLEARML_KC_REDIS_STORE')
   t.match(emitted.message, 'maxmemory-policy volatile-lru')
+})
+
+t.test('Redis refusing writes but delivering messages (NOREPLICAS): the other replica refuses the logged-out session at once; the replica whose writes fail counts as stale (issue #22, finding 2)', async (t) => {
+  // min-replicas-to-write 1 and no replica: every write is refused, reads, SUBSCRIBE and PUBLISH work.
+  const server = await redisServer(t, ['--min-replicas-to-write', '1'])
+  const a = await replica(t, server, { maxStaleMs: 500, retryIntervalMs: 100 })
+  const b = await replica(t, server)
+  t.ok(a.store.synced && b.store.synced, 'both start: a full load only reads')
+
+  const stale = once(a.store, 'stale')
+  const expiresAt = inAnHour()
+  await a.store.revoke('logged-out', expiresAt)
+  t.equal(a.store.isRevoked('logged-out'), true, 'refused on A at once')
+  await until(b.store, 'received', () => b.store.isRevoked('logged-out'))
+  t.pass('and on B: the revocation was announced alone when Redis refused the write')
+  t.equal(b.store.isRevoked('someone-else'), false, 'B refuses that session, not every session')
+  await stale
+  t.equal(a.store.synced, false, 'A, whose writes fail, counts as stale')
+  await once(a.store, 'refusing')
+  t.equal(a.store.isRevoked('someone-else'), true, 'and after its maxStaleMs refuses every session, since it cannot tell what reached Redis')
+  t.match(a.warnings.join('\n'), 'Redis did not take a revocation')
+  t.match(a.warnings.join('\n'), 'NOREPLICAS')
+
+  const admin = client(server)
+  t.teardown(() => admin.disconnect())
+  t.equal(await admin.zscore(REVOKED, 'logged-out'), null, 'Redis has not taken it')
+  t.equal(await admin.exists(NAMES.epoch), 0, 'nor a loss marker')
+  const markerSet = once(b.store, 'loss')
+  await admin.config('SET', 'min-replicas-to-write', '0')
+  t.strictSame(await markerSet, ['marker'], 'once Redis takes writes, B sets the marker and loads again (a loss before could not be seen)')
+  await until(a.store, 'flushed', () => a.store.synced && a.store.queued === 0)
+  t.equal(a.store.isRevoked('someone-else'), false, 'writes taken again: A serves sessions again')
+  t.equal(Number(await admin.zscore(REVOKED, 'logged-out')), expiresAt, 'the revocation is in Redis now')
+  const late = await replica(t, server)
+  t.equal(late.store.isRevoked('logged-out'), true, 'and a replica started now refuses it')
+  t.notMatch([...a.warnings, ...b.warnings].join('\n'), /logged-out/, 'no session id in any warning')
+})
+
+t.test('FLUSHALL: the replicas notice within seconds, without a reconnect, and write back; a replica started after refuses the logged-out session (issue #22, finding 6)', async (t) => {
+  const server = await redisServer(t)
+  const a = await replica(t, server, { checkIntervalMs: 100 })
+  const b = await replica(t, server, { checkIntervalMs: 100 })
+  const admin = client(server)
+  t.teardown(() => admin.disconnect())
+  await a.store.revoke('logged-out', inAnHour())
+  const identity = { company: 'acme', user: 'u-1', user_name: 'Alice', role: 'admin', company_name: 'Acme' }
+  await b.store.revise('revised', { version: 2, identity }, inAnHour())
+  const refreshKey = { session: 'refreshed', keycloakSession: 'kc-1' }
+  await a.store.saveRefresh(refreshKey, { sealed: 'sealed-1', checkedAt: nowSec() - 600, generation: 1 }, inAnHour())
+  await until(b.store, 'received', () => b.store.isRevoked('logged-out'))
+
+  const lost = Promise.all([once(a.store, 'loss'), once(b.store, 'loss')])
+  const rewritten = Promise.all([writtenBack(a.store), writtenBack(b.store)])
+  await admin.flushall()
+  t.strictSame((await lost).map(([reason]) => reason), ['marker', 'marker'], 'both notice the loss marker is gone')
+  await rewritten
+  t.ok(await admin.zscore(REVOKED, 'logged-out'), 'the revocation is back in Redis')
+  t.match(await admin.hget(NAMES.revisions, 'revised'), /^2\|/, 'so is the revision')
+  t.equal(await admin.hget(NAMES.refresh('refreshed'), 's'), 'sealed-1', 'and the refresh state, from the journal')
+  const late = await replica(t, server)
+  t.equal(late.store.isRevoked('logged-out'), true, 'a replica started after the FLUSHALL refuses the logged-out session')
+  t.strictSame(late.store.revision('revised'), { version: 2, identity })
+  t.match(a.warnings.join('\n'), 'Redis lost data this replica holds')
+})
+
+t.test('a deleted key, a replaced marker, a write that finds the marker gone: each is a loss, and written back', async (t) => {
+  const server = await redisServer(t)
+  const a = await replica(t, server, { checkIntervalMs: 100 })
+  const admin = client(server)
+  t.teardown(() => admin.disconnect())
+  const identity = { company: 'acme', user: 'u-1', user_name: 'Alice', role: 'user', company_name: 'Acme' }
+  await a.store.revoke('logged-out', inAnHour())
+  await a.store.revise('revised', { version: 1, identity }, inAnHour())
+
+  let lost = once(a.store, 'loss')
+  let rewritten = writtenBack(a.store)
+  await admin.del(REVOKED)
+  t.strictSame(await lost, ['revocations'], 'the sorted set gone while A holds live revocations')
+  await rewritten
+  t.ok(await admin.zscore(REVOKED, 'logged-out'), 'written back')
+
+  lost = once(a.store, 'loss')
+  rewritten = writtenBack(a.store)
+  await admin.del(NAMES.revisions)
+  t.strictSame(await lost, ['revisions'], 'the revisions gone while A holds a live one')
+  await rewritten
+  t.match(await admin.hget(NAMES.revisions, 'revised'), /^1\|/, 'written back')
+
+  lost = once(a.store, 'loss')
+  const resynced = once(a.store, 'synced')
+  await admin.set(NAMES.epoch, 'another-redis')
+  t.strictSame(await lost, ['marker'], 'a marker another Redis set')
+  await resynced
+
+  // A store that checks rarely still notices at its next write: the reply carries the marker.
+  const writer = await replica(t, server, { checkIntervalMs: 3_600_000 })
+  await until(writer.store, 'received', () => writer.store.isRevoked('logged-out'))
+  lost = once(writer.store, 'loss')
+  rewritten = writtenBack(writer.store)
+  a.store.removeAllListeners()
+  await a.store.close()
+  await admin.flushall()
+  await Promise.all([writer.store.revoke('after-flush', inAnHour()), writer.store.revoke('after-flush-2', inAnHour())])
+  t.strictSame(await lost, ['marker'], 'noticed in the reply of the write (once for both)')
+  await rewritten
+  t.ok(await admin.zscore(REVOKED, 'logged-out'), 'the revocations written back, the ones it received included')
+})
+
+t.test('close() while a pass waits on Redis: it resolves, the pass ends, no other pass runs', async (t) => {
+  const unhandled = recordUnhandledRejections(t)
+  const server = await redisServer(t)
+  const admin = client(server)
+  t.teardown(() => admin.disconnect())
+  const a = await replica(t, server, { writeTimeoutMs: 300, retryIntervalMs: 60_000, checkIntervalMs: 60_000 })
+  await admin.client('PAUSE', 60_000, 'WRITE')
+  await a.store.revoke('queued', inAnHour())
+  t.equal(a.store.queued, 1)
+  // The host client's 'ready' starts a pass at once (its flush now waits on the paused Redis); a
+  // second one during it asks for another pass after it.
+  a.redis.emit('ready')
+  a.redis.emit('ready')
+  await a.store.close()
+  t.match(a.warnings.join('\n'), 'closed with writes Redis never received')
+  await sleep(400)
+  await admin.client('UNPAUSE')
+  t.strictSame(unhandled, [], 'nothing left unhandled')
 })
 
 // ---------------------------------------------------------------------------------------------

@@ -2,20 +2,23 @@
  * One apiserver replica under benchmark, in its own process, with a RedisRevocationStore on its own
  * ioredis client: a bare route, the same route behind `authenticate`, and routes through which the
  * runner (`bench/redis.ts`) makes revocations here and watches those made by another replica arrive.
- * argv: issuer, Redis URL. Prints one JSON line { port, sessionToken, loaded } when listening.
+ * argv: issuer, Redis URL (or `cluster:host:port,host:port,...` for a Redis Cluster). Prints one
+ * JSON line { port, sessionToken, loaded } when listening.
  *
  * Times are `performance.timeOrigin + performance.now()`: milliseconds on the machine's clock with
  * sub-millisecond resolution, comparable between processes on one machine.
  */
 import Fastify from 'fastify'
-import { Redis } from 'ioredis'
+import { Cluster, Redis } from 'ioredis'
 import clearmlKeycloak, { MemoryDirectory } from '../../index.js'
 import { RedisRevocationStore } from '../../redis/index.js'
 
 const [issuer, redisUrl] = process.argv.slice(2)
 const clock = (): number => performance.timeOrigin + performance.now()
 
-const redis = new Redis(redisUrl)
+const redis = redisUrl.startsWith('cluster:')
+  ? new Cluster(redisUrl.slice('cluster:'.length).split(',').map((node) => ({ host: node.slice(0, node.lastIndexOf(':')), port: Number(node.slice(node.lastIndexOf(':') + 1)) })))
+  : new Redis(redisUrl)
 // Connection errors are the store's to report (its warnings); ioredis would print each attempt.
 redis.on('error', () => {})
 const revocations = new RedisRevocationStore({ redis })

@@ -8,16 +8,31 @@
  *   new Redis(redis.url)            // or { host: redis.host, port: redis.port }
  *   await redis.kill()              // SIGKILL; clients see the connection drop
  *   await redis.start()             // same port, empty
+ *
+ * With `sentinel` it runs `redis-server <dir>/sentinel.conf --sentinel` instead (Sentinel rewrites
+ * its configuration file, so it lives in the temp directory); `test/helpers/redis-topology.ts`
+ * builds Sentinel sets and Clusters from these.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, rmSync } from 'node:fs'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { freePort } from '../../examples/free-port.js'
 
 export const REDIS_SERVER_BINARY = process.env.REDIS_SERVER ?? '/usr/bin/redis-server'
+const SETPRIV = '/usr/bin/setpriv'
+
+/** What to kill and remove when the test process exits: one 'exit' listener for every server (a Cluster starts six). */
+const atExit = new Set<() => void>()
+let listening = false
+function onExit (cleanup: () => void): void {
+  atExit.add(cleanup)
+  if (listening) return
+  listening = true
+  process.once('exit', () => { for (const run of atExit) run() })
+}
 
 export interface RedisServer {
   readonly host: '127.0.0.1'
@@ -30,6 +45,10 @@ export interface RedisServer {
   kill: () => Promise<void>
   /** Starts it again on the same port (empty) and waits until it answers PING. */
   start: () => Promise<void>
+  /** Its temp directory (a Cluster node keeps its `nodes.conf` there across restarts). */
+  readonly dir: string
+  /** The end of what the running (or last) process printed, to explain a failure. */
+  readonly log: string
   /** Kills it if running and removes its directory; for teardown. Safe to call twice. */
   stop: () => Promise<void>
 }
@@ -37,6 +56,8 @@ export interface RedisServer {
 export interface RedisServerOptions {
   /** Extra `redis-server` arguments, e.g. `['--maxmemory-policy', 'allkeys-lru']`. */
   args?: string[]
+  /** Runs a Sentinel with these configuration lines (port, bind and dir are added). */
+  sentinel?: string[]
 }
 
 /** Starts a redis-server on a free loopback port and waits until it answers. */
@@ -47,6 +68,7 @@ export async function startRedisServer (options: RedisServerOptions = {}): Promi
   const port = await freePort()
   const dir = await mkdtemp(join(tmpdir(), 'clearml-kc-redis-'))
   let child: ChildProcess | undefined
+  let output: string[] = []
   let exited: Promise<void> = Promise.resolve()
   let stopped = false
   // A test that crashes must not leave a server, or its directory, behind.
@@ -54,18 +76,32 @@ export async function startRedisServer (options: RedisServerOptions = {}): Promi
     child?.kill('SIGKILL')
     rmSync(dir, { recursive: true, force: true })
   }
-  process.once('exit', killOnExit)
+  onExit(killOnExit)
+  let args = ['--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir,
+    '--logfile', '', '--daemonize', 'no', ...(options.args ?? [])]
+  if (options.sentinel !== undefined) {
+    // Sentinel rewrites its configuration file as it learns the topology: it lives in the temp
+    // directory, and a restarted Sentinel goes on from what it had learnt.
+    const config = join(dir, 'sentinel.conf')
+    await writeFile(config, [`port ${port}`, 'bind 127.0.0.1', `dir ${dir}`, 'logfile ""', 'daemonize no', ...options.sentinel].join('\n') + '\n')
+    args = [config, '--sentinel']
+  }
 
   const start = async (): Promise<void> => {
     if (child !== undefined) throw new Error('redis-server is already running')
-    const output: string[] = []
-    const proc = spawn(REDIS_SERVER_BINARY, [
-      '--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir,
-      '--logfile', '', '--daemonize', 'no', ...(options.args ?? [])
-    ], { stdio: ['ignore', 'pipe', 'pipe'] })
+    output = []
+    // With setpriv, the server dies with this process even when it is killed before its 'exit'
+    // handler runs (a test runner's time-out): setpriv sets the parent-death signal, then execs it.
+    const proc = existsSync(SETPRIV)
+      ? spawn(SETPRIV, ['--pdeathsig', 'KILL', '--', REDIS_SERVER_BINARY, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn(REDIS_SERVER_BINARY, args, { stdio: ['ignore', 'pipe', 'pipe'] })
     child = proc
-    proc.stdout!.on('data', (chunk: Buffer) => output.push(chunk.toString()))
-    proc.stderr!.on('data', (chunk: Buffer) => output.push(chunk.toString()))
+    const keep = (chunk: Buffer): void => {
+      output.push(chunk.toString())
+      if (output.length > 200) output.splice(0, 100)
+    }
+    proc.stdout!.on('data', keep)
+    proc.stderr!.on('data', keep)
     exited = new Promise((resolve) => proc.once('exit', () => {
       if (child === proc) child = undefined
       resolve()
@@ -90,6 +126,8 @@ export async function startRedisServer (options: RedisServerOptions = {}): Promi
     host: '127.0.0.1',
     port,
     url: `redis://127.0.0.1:${port}`,
+    dir,
+    get log () { return output.join('') },
     get running () { return child !== undefined },
     kill,
     start,
@@ -97,14 +135,14 @@ export async function startRedisServer (options: RedisServerOptions = {}): Promi
       if (stopped) return
       stopped = true
       await kill()
-      process.removeListener('exit', killOnExit)
+      atExit.delete(killOnExit)
       await rm(dir, { recursive: true, force: true })
     }
   }
 }
 
 /** One inline PING over a fresh socket: true when the server answers `+PONG`. */
-async function answersPing (port: number): Promise<boolean> {
+export async function answersPing (port: number): Promise<boolean> {
   return await new Promise((resolve) => {
     const socket = connect({ host: '127.0.0.1', port })
     let reply = ''
