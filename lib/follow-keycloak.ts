@@ -20,7 +20,7 @@ import { followsSessions, type RefreshKey, type SessionFollowStore } from './ses
 import { MemoryFollowStore } from './session/memory-follow-store.js'
 import { REFRESH_PURPOSE, SessionRevalidation, type Confirmation } from './session/revalidation.js'
 import type { RevocationStore } from './session/revocations.js'
-import { ServerSealer } from './session/sealed.js'
+import { RevisionSigner, ServerSealer } from './session/sealed.js'
 import type { SessionFollowing, VerifiedSession } from './session/sessions.js'
 
 export interface FollowOptions {
@@ -47,6 +47,7 @@ export class KeycloakFollowing {
   readonly #store: SessionFollowStore
   readonly #revalidation: SessionRevalidation
   readonly #client: ClientCredentials
+  readonly #signer: RevisionSigner
   #warnedNoRefreshToken = false
 
   constructor (options: FollowOptions) {
@@ -54,6 +55,7 @@ export class KeycloakFollowing {
     this.#options = options
     this.follows = config.session.follows
     this.#client = { clientId: config.clientId, clientSecret: config.clientSecret, timeoutMs: config.httpTimeoutMs }
+    this.#signer = new RevisionSigner(options.sealingSecret)
     // A host's store without the capability: refresh tokens stay in this process (SPEC 12.6).
     this.#store = followsSessions(revocations)
       ? revocations
@@ -62,6 +64,7 @@ export class KeycloakFollowing {
       periodSec: config.session.revalidateSec,
       store: this.#store,
       sealer: new ServerSealer(options.sealingSecret, REFRESH_PURPOSE),
+      signer: this.#signer,
       refresh: async (refreshToken) => await refreshTokens((await options.endpoints.get()).token, refreshToken, this.#client),
       confirm: async (session, subject, tokens) => await this.#confirm(session, subject, tokens),
       end: async (session, reason, first) => { await this.#end(session, reason, first) },
@@ -73,7 +76,8 @@ export class KeycloakFollowing {
 
   /** What `SessionTokens` asks on every request of a session that follows Keycloak. */
   get sessions (): SessionFollowing {
-    return { gate: this.#revalidation, revisions: this.#store }
+    const signer = this.#signer
+    return { gate: this.#revalidation, revisions: this.#store, genuine: (sessionId, revision) => signer.verify(sessionId, revision) }
   }
 
   /** The scope of the authorization request: `offline_access` added when sessions follow the user (SPEC 12). */

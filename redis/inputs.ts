@@ -33,9 +33,10 @@ export function checkRefreshState (state: unknown): asserts state is RefreshStat
 }
 
 export function checkRevision (revision: unknown): asserts revision is SessionRevision {
-  const { version, identity } = (revision ?? {}) as Partial<SessionRevision>
+  const { version, identity, mac } = (revision ?? {}) as Partial<SessionRevision>
   if (!isVersion(version)) refuse('a revision\'s version must be a positive whole number')
   if (!isIdentity(identity)) refuse('a revision\'s identity must have company, user, user_name, role and company_name as strings')
+  if (mac !== undefined && (typeof mac !== 'string' || !/^[\w-]{1,128}$/.test(mac))) refuse('a revision\'s mac must be base64url text')
 }
 
 export function checkDuration (value: unknown, what: string): asserts value is number {

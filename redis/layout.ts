@@ -7,7 +7,7 @@
  * |---|---|---|---|
  * | `<prefix>{store}:epoch` | string | a random id for what Redis holds now, set by the first replica that finds it missing (the loss marker) | at the latest expiry of any revocation, revision or refresh state written |
  * | `<prefix>{store}:revoked` | sorted set | member: revoked id (a ClearML `session_id`, or `keycloak-sid:<sid>`), score: when that session expires (seconds) | members at the next write after their score; the key at its highest score |
- * | `<prefix>{store}:revisions` | hash | field: session id, value: `<version>\|<expiresAt>\|<identity JSON>`, the identity a revalidation gave the session | fields at the next write after their expiry; the key at the latest |
+ * | `<prefix>{store}:revisions` | hash | field: session id, value: `<version>\|<expiresAt>\|<mac>\|<identity JSON>`, the identity a revalidation gave the session, with the plugin's MAC of it | fields at the next write after their expiry; the key at the latest |
  * | `<prefix>{store}:revision-expiry` | sorted set | member: session id, score: when its revision expires (seconds); finds expired fields without a scan | as `revisions` |
  * | `<prefix>{store}:refresh:<session>` | hash | a session's refresh state: `s` sealed token, `c` checkedAt, `g` generation, `x` the session's expiry (ms), `k` Keycloak `sid`; `l`/`u` the lease and until when (ms, Redis's clock); `e` set once ended (then nothing else) | at the session's expiry |
  * | `<prefix>{store}:kc-session:<sid>` | set | the session ids of one Keycloak session (back-channel logout finds their refresh states) | when taken, or at the latest expiry of its sessions |
@@ -116,7 +116,7 @@ export const STORE_SLOT = crc16(new TextEncoder().encode(HASH_TAG)) % 16384
 export type Revocation = [id: string, expiresAt: number]
 
 /** A session's revision as the store keeps and announces it. */
-export type RevisionEntry = [session: string, version: number, identity: SessionIdentity, expiresAt: number]
+export type RevisionEntry = [session: string, version: number, identity: SessionIdentity, expiresAt: number, mac?: string]
 
 /** A refresh state as announced, so every replica's journal holds the newest one of each session. */
 export type RefreshEntry = [session: string, keycloakSession: string | null, sealed: string, checkedAt: number, generation: number, expiresAt: number]
@@ -159,7 +159,13 @@ function isRevocation (entry: unknown): boolean {
 }
 
 function isRevisionEntry (entry: unknown): boolean {
-  return Array.isArray(entry) && entry.length === 4 && isRevocationId(entry[0]) && isVersion(entry[1]) && isIdentity(entry[2]) && isFiniteNumber(entry[3])
+  return Array.isArray(entry) && (entry.length === 4 || (entry.length === 5 && isMac(entry[4]))) &&
+    isRevocationId(entry[0]) && isVersion(entry[1]) && isIdentity(entry[2]) && isFiniteNumber(entry[3])
+}
+
+/** A revision's MAC as the plugin writes it (base64url). */
+function isMac (value: unknown): value is string {
+  return typeof value === 'string' && /^[\w-]{1,128}$/.test(value)
 }
 
 function isRefreshEntry (entry: unknown): boolean {
@@ -214,21 +220,21 @@ export function isVersion (value: unknown): value is number {
 }
 
 /** A revision as the `revisions` hash stores it: the version first, so a script can compare it. */
-export function encodeStoredRevision (version: number, identity: SessionIdentity, expiresAt: number): string {
-  return `${version}|${expiresAt}|${JSON.stringify(identity)}`
+export function encodeStoredRevision (version: number, identity: SessionIdentity, expiresAt: number, mac?: string): string {
+  return `${version}|${expiresAt}|${mac ?? ''}|${JSON.stringify(identity)}`
 }
 
-export function decodeStoredRevision (value: string): { version: number, identity: SessionIdentity, expiresAt: number } | undefined {
-  const match = /^(\d+)\|([^|]+)\|(.*)$/s.exec(value)
+export function decodeStoredRevision (value: string): { version: number, identity: SessionIdentity, expiresAt: number, mac?: string } | undefined {
+  const match = /^(\d+)\|([^|]+)\|([\w-]*)\|(.*)$/s.exec(value)
   if (match === null) return undefined
   let identity: unknown
   try {
-    identity = JSON.parse(match[3])
+    identity = JSON.parse(match[4])
   } catch {
     return undefined
   }
   const version = Number(match[1])
   const expiresAt = Number(match[2])
   if (!isVersion(version) || !Number.isFinite(expiresAt) || !isIdentity(identity)) return undefined
-  return { version, identity, expiresAt }
+  return match[3] === '' ? { version, identity, expiresAt } : { version, identity, expiresAt, mac: match[3] }
 }

@@ -11,7 +11,7 @@ import { decodeStoredRevision, encodeChanges, encodeStoredRevision, LOAD_PAGE, W
 import { WRITE_REVISIONS_SCRIPT } from './scripts.js'
 import { nowSec, type StoreLink } from './store-link.js'
 
-interface Known { version: number, identity: SessionIdentity, expiresAt: number }
+interface Known { version: number, identity: SessionIdentity, expiresAt: number, mac?: string }
 
 /** The copy is swept of expired revisions whenever it has doubled since the last sweep. */
 const MIN_SWEEP_SIZE = 1024
@@ -40,13 +40,13 @@ export class Revisions {
   revision (sessionId: string): SessionRevision | undefined {
     const known = this.#copy.get(sessionId)
     if (known === undefined) return undefined
-    if (known.expiresAt > nowSec()) return { version: known.version, identity: known.identity }
+    if (known.expiresAt > nowSec()) return known.mac === undefined ? { version: known.version, identity: known.identity } : { version: known.version, identity: known.identity, mac: known.mac }
     this.#copy.delete(sessionId)
     return undefined
   }
 
   async revise (sessionId: string, revision: SessionRevision, expiresAt: number): Promise<void> {
-    const known: Known = { version: revision.version, identity: revision.identity, expiresAt }
+    const known: Known = revision.mac === undefined ? { version: revision.version, identity: revision.identity, expiresAt } : { version: revision.version, identity: revision.identity, expiresAt, mac: revision.mac }
     if (!this.#remember(sessionId, known)) return
     if (this.#link.connected()) {
       try {
@@ -64,8 +64,8 @@ export class Revisions {
 
   /** Revisions announced by a replica: Redis took them. */
   received (entries: RevisionEntry[]): void {
-    for (const [session, version, identity, expiresAt] of entries) {
-      this.#remember(session, { version, identity, expiresAt })
+    for (const [session, version, identity, expiresAt, mac] of entries) {
+      this.#remember(session, mac === undefined ? { version, identity, expiresAt } : { version, identity, expiresAt, mac })
       this.#confirm(expiresAt)
     }
   }
@@ -120,7 +120,7 @@ export class Revisions {
   async #write (revisions: Array<[string, Known]>): Promise<void> {
     const { names, publish } = this.#link
     const args: Array<string | number> = [publish, names.channel, nowSec(), encodeChanges({ revisions: revisions.map(([session, known]) => entry(session, known)) })]
-    for (const [session, known] of revisions) args.push(session, known.version, known.expiresAt, encodeStoredRevision(known.version, known.identity, known.expiresAt))
+    for (const [session, known] of revisions) args.push(session, known.version, known.expiresAt, encodeStoredRevision(known.version, known.identity, known.expiresAt, known.mac))
     const epoch = await this.#link.bounded(this.#link.redis.eval(WRITE_REVISIONS_SCRIPT, 3, names.revisions, names.revisionExpiry, names.epoch, ...args))
     for (const [, known] of revisions) this.#confirm(known.expiresAt)
     this.#link.sawEpoch(epoch)
@@ -153,5 +153,5 @@ export class Revisions {
 }
 
 function entry (session: string, known: Known): RevisionEntry {
-  return [session, known.version, known.identity, known.expiresAt]
+  return known.mac === undefined ? [session, known.version, known.identity, known.expiresAt] : [session, known.version, known.identity, known.expiresAt, known.mac]
 }

@@ -118,6 +118,7 @@ t.test('inputs are checked before anything is changed', async (t) => {
   await t.rejects(a.revise('s', { version: 0, identity }, inAnHour()), { ...input, message: 'version' })
   await t.rejects(a.revise('s', { version: 1, identity: { ...identity, role: 7 } as never }, inAnHour()), { ...input, message: 'identity' })
   await t.rejects(a.revise('s', undefined as never, inAnHour()), input)
+  await t.rejects(a.revise('s', { version: 1, identity, mac: 'not | base64url' }, inAnHour()), { ...input, message: 'mac' })
   await t.rejects(a.revise('s', { version: 1, identity }, '1' as never), input)
   t.strictSame(await redis.keys('*'), [NAMES.epoch], 'nothing written')
 })
@@ -299,11 +300,11 @@ t.test('revisions: what no store wrote is skipped at a load; expired ones go fro
   const admin = client(server)
   t.teardown(() => admin.disconnect())
   const identity = { company: 'c', user: 'u', user_name: 'n', role: 'user', company_name: 'C' }
-  await admin.hset(NAMES.revisions, 'garbage', 'not a revision', 'bad-json', '1|9999999999|{', 'bad-identity', '1|9999999999|{"role":1}', 'bad-expiry', '1|soon|{}',
-    'good', `3|9999999999|${JSON.stringify(identity)}`)
+  await admin.hset(NAMES.revisions, 'garbage', 'not a revision', 'bad-json', '1|9999999999||{', 'bad-identity', '1|9999999999||{"role":1}', 'bad-expiry', '1|soon||{}',
+    'bad-mac', `1|9999999999|not a mac|${JSON.stringify(identity)}`, 'good', `3|9999999999||${JSON.stringify(identity)}`)
   const { store: a } = await store(t, server, { writeTimeoutMs: 300, retryIntervalMs: 100 })
   t.strictSame(a.revision('good'), { version: 3, identity })
-  for (const session of ['garbage', 'bad-json', 'bad-identity', 'bad-expiry']) t.equal(a.revision(session), undefined, session)
+  for (const session of ['garbage', 'bad-json', 'bad-identity', 'bad-expiry', 'bad-mac']) t.equal(a.revision(session), undefined, session)
 
   await a.revise('past', { version: 1, identity }, nowSec() - 1)
   t.equal(a.revision('past'), undefined, 'an expired revision is not kept')

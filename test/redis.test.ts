@@ -559,15 +559,17 @@ t.test('a message on the channel that no store wrote is ignored', async (t) => {
     'not json', 'null', '[]', '[["x", 1]]', '{}', '{"u":1}', '{"id":"x"}', '{"r":[["x",1]],"z":1}', '{"r":[["x",1]],"u":true}',
     '{"r":[["x"]]}', '{"r":[[1,2]]}', '{"r":[["",2]]}', '{"r":[["x","soon"]]}', '{"r":["x",1]}', '{"r":{"x":1}}',
     `{"v":[["s",1,${identity}]]}`, `{"v":[["s",0,${identity},1]]}`, '{"v":[["s",1,{"role":"admin"},1]]}', '{"v":[["s",1,null,1]]}', '{"v":[["s",1,[],1]]}',
+    `{"v":[["s",1,${identity},1,"not a mac"]]}`, `{"v":[["s",1,${identity},1,7]]}`, `{"v":[["s",1,${identity},1,"m",2]]}`,
     '{"f":[["s",null,"sealed",1,1]]}', '{"f":[["s","","sealed",1,1,1]]}', '{"f":[["s",null,7,1,1,1]]}', '{"f":[["s",null,"sealed",1,1.5,1]]}',
     '{"t":[""]}', '{"t":"s"}'
   ]) {
     t.equal(decodeChanges(message), undefined, message)
   }
-  t.strictSame(decodeChanges(`{"r":[["x",1]],"v":[["s",2,${identity},3]],"f":[["s","kc","sealed",1,2,3]],"t":["s"],"u":1}`), {
-    revocations: [['x', 1]], revisions: [['s', 2, JSON.parse(identity), 3]], refreshStates: [['s', 'kc', 'sealed', 1, 2, 3]], taken: ['s'], unwritten: true
+  t.strictSame(decodeChanges(`{"r":[["x",1]],"v":[["s",2,${identity},3],["m",1,${identity},3,"bWFj"]],"f":[["s","kc","sealed",1,2,3]],"t":["s"],"u":1}`), {
+    revocations: [['x', 1]], revisions: [['s', 2, JSON.parse(identity), 3], ['m', 1, JSON.parse(identity), 3, 'bWFj']], refreshStates: [['s', 'kc', 'sealed', 1, 2, 3]], taken: ['s'], unwritten: true
   }, 'every part together')
-  for (const stored of ['', '1|2', 'x|2|{}', '1|2|{', '1|2|{"role":"admin"}', '1|soon|' + identity, '0|2|' + identity]) t.equal(decodeStoredRevision(stored), undefined, stored)
+  for (const stored of ['', '1|2', 'x|2||{}', '1|2||{', '1|2||{"role":"admin"}', '1|soon||' + identity, '0|2||' + identity, '1|2|not a mac|' + identity, '1|2|' + identity]) t.equal(decodeStoredRevision(stored), undefined, stored)
+  t.strictSame(decodeStoredRevision('1|2|bWFj|' + identity), { version: 1, identity: JSON.parse(identity), expiresAt: 2, mac: 'bWFj' }, 'a stored revision with its mac')
   await publisher.publish(CHANNEL, '[["forged", 1e12]')
   await publisher.publish(CHANNEL, JSON.stringify({ r: [['real', inAnHour()]] }))
   await until(a.store, 'received', () => a.store.isRevoked('real'))
@@ -808,13 +810,9 @@ t.test('two replicas: Keycloak\'s back-channel logout received by A ends the Key
   const onB = async (token: string): Promise<number> => (await fetch(`${other.url}/me`, { headers: { authorization: `Bearer ${token}` } })).status
   t.equal(await onB(first), 200)
 
-  // The user logs out of the second session with idp_logout: Keycloak ends its session and calls
-  // the back-channel URL, which reaches replica A.
-  const logout = JSON.parse((await agent.request(`${stack.appUrl}/login.logout`, { json: {} })).body)
-  const endSession = await agent.navigate(logout.data.redirect_url)
-  const form = endSession.body.match(/<form[^>]*action="([^"]+)"[^>]*>([\s\S]*?)<\/form>/)!
-  const fields = Object.fromEntries([...form[2].matchAll(/name="([^"]+)" value="([^"]*)"/g)].map((m) => [m[1], m[2]]))
-  await agent.navigate(new URL(form[1], endSession.url).href, { form: { ...fields, logout: 'yes' }, stopAt: (u) => u.startsWith(stack.appUrl) })
+  // The user logs out at Keycloak itself (another application's logout): Keycloak ends the session
+  // and calls the back-channel URL, which reaches replica A.
+  await agent.confirmIdpLogout(`${stack.idp.issuer}/protocol/openid-connect/logout?client_id=clearml&post_logout_redirect_uri=${encodeURIComponent(`${stack.appUrl}/login`)}`, { stopAt: (u) => u.startsWith(stack.appUrl) })
   t.match(stack.logs.join(''), 'Keycloak back-channel logout', 'A received the back-channel call')
 
   const sid = JSON.parse(Buffer.from(first.split('.')[1], 'base64url').toString()).sso.sid as string

@@ -10,8 +10,8 @@ import type { AddressInfo } from 'node:net'
 import { refreshTokens, revokeRefreshToken, loggableDescription, type RefreshAnswer } from '../lib/keycloak/refresh.js'
 import { MemoryFollowStore } from '../lib/session/memory-follow-store.js'
 import { REFRESH_PURPOSE, SessionRevalidation, type Confirmation, type RevalidationOptions } from '../lib/session/revalidation.js'
-import { ServerSealer } from '../lib/session/sealed.js'
-import type { VerifiedSession } from '../lib/session/sessions.js'
+import { RevisionSigner, ServerSealer } from '../lib/session/sealed.js'
+import { SessionTokens, type VerifiedSession } from '../lib/session/sessions.js'
 import type { SessionFollowStore } from '../lib/session/follow-store.js'
 import { MemoryRevocationStore } from '../index.js'
 import { harness as hostileHarness, KC as HOSTILE_KC, login as hostileLogin } from './helpers/hostile-harness.js'
@@ -102,6 +102,7 @@ function harness (options: { store?: SessionFollowStore & MemoryFollowStore, ref
     periodSec: options.periodSec ?? 1,
     store,
     sealer: options.sealer ?? new ServerSealer('secret', REFRESH_PURPOSE),
+    signer: new RevisionSigner('secret'),
     refresh: options.refresh ?? (async (token) => { refreshes.push(token); return { kind: 'ok', accessToken: 'a', refreshToken: `${token}+` } }),
     confirm: options.confirm ?? (async () => confirmed),
     end: async (session, reason, first) => { ended.push({ id: session.claims.session_id, reason, first }) },
@@ -443,4 +444,22 @@ t.test('the server-side seal: opens what it sealed, nothing altered, expired or 
   const soon = sealer.seal({ rt: 'x' }, 1)
   await sleep(2100)
   t.equal(sealer.open(soon), undefined, 'expired')
+})
+
+t.test('a revision the store made up changes nothing; the plugin\'s own does', async (t) => {
+  const store = new MemoryRevocationStore()
+  const signer = new RevisionSigner('token-secret')
+  const sessions = new SessionTokens({ secret: 'token-secret', lifetimeSec: 3600, revocations: store, follow: { gate: { admit: () => true, settle: async () => {} }, revisions: store, genuine: (id, revision) => signer.verify(id, revision) } })
+  const { token } = await sessions.issue({ id: 'u1', company: 'c', name: 'Ann', role: 'user' }, { id: 'c', name: 'C' }, 's-1', 'kc', 'user')
+  const admin = { company: 'c', user: 'u1', user_name: 'Ann', role: 'admin', company_name: 'C' }
+  await store.revise('s-1', { version: 1, identity: admin }, Date.now() / 1000 + 60)
+  t.equal(sessions.cached(token)?.identity.role, 'user', 'no MAC: ignored')
+  await store.revise('s-1', { version: 2, identity: admin, mac: signer.sign('s-1', { version: 2, identity: { ...admin, role: 'user' } }) }, Date.now() / 1000 + 60)
+  t.equal(sessions.cached(token)?.identity.role, 'user', 'the MAC of another identity: ignored')
+  await store.revise('s-1', { version: 3, identity: admin, mac: signer.sign('s-2', { version: 3, identity: admin }) }, Date.now() / 1000 + 60)
+  t.equal(sessions.cached(token)?.identity.role, 'user', 'the MAC of another session: ignored')
+  await store.revise('s-1', { version: 4, identity: admin, mac: new RevisionSigner('other secret').sign('s-1', { version: 4, identity: admin }) }, Date.now() / 1000 + 60)
+  t.equal(sessions.cached(token)?.identity.role, 'user', 'made with other secrets: ignored')
+  await store.revise('s-1', { version: 5, identity: admin, mac: signer.sign('s-1', { version: 5, identity: admin }) }, Date.now() / 1000 + 60)
+  t.equal(sessions.cached(token)?.identity.role, 'admin', 'the plugin\'s own: followed')
 })

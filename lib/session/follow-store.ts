@@ -50,6 +50,12 @@ export interface SessionRevision {
   /** The refresh generation that produced it: a lower version never replaces a higher one. */
   version: number
   identity: SessionIdentity
+  /**
+   * The plugin's MAC of the session id, the version and the identity, with a key the store does not
+   * hold: kept and handed back as it is. The plugin ignores a revision whose MAC does not verify, so
+   * whoever can write to the store cannot give a session a role.
+   */
+  mac?: string
 }
 
 /** The capabilities a `RevocationStore` adds to let sessions follow Keycloak (all or none). */

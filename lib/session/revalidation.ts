@@ -28,7 +28,7 @@ import { publishRevalidate, revalidateObserved, type RevalidateEvent } from '../
 import type { RefreshAnswer } from '../keycloak/refresh.js'
 import type { SessionIdentity } from './claims.js'
 import type { RefreshKey, RefreshState, SessionFollowStore } from './follow-store.js'
-import type { ServerSealer } from './sealed.js'
+import type { RevisionSigner, ServerSealer } from './sealed.js'
 import type { VerifiedSession } from './sessions.js'
 
 /** What a revalidation made of Keycloak's new tokens (`KeycloakSso` verifies them and runs the login's rules). */
@@ -45,6 +45,8 @@ export interface RevalidationOptions {
   store: SessionFollowStore
   /** Seals refresh tokens for the store: the store never holds one in clear. */
   sealer: ServerSealer
+  /** Signs revisions for the store: the store cannot make one up. */
+  signer: RevisionSigner
   /** The refresh grant at the token endpoint (`lib/keycloak/refresh.ts`). */
   refresh: (refreshToken: string) => Promise<RefreshAnswer>
   /** Verifies a refresh's tokens for the session's Keycloak user and runs steps 4, 7, 8 and 9. */
@@ -74,6 +76,8 @@ const SLOW_CALL_MS = 1000
 /** How long after a failed call the first probe is made, and the longest back-off between probes. */
 const FIRST_BACKOFF_MS = 2000
 const MAX_BACKOFF_MS = 60_000
+/** The shortest lease on a session's refresh token. */
+const MIN_LEASE_MS = 60_000
 /** While another replica refreshes a session this one must wait for, how often it asks the store. */
 const BUSY_POLL_MS = 50
 
@@ -91,7 +95,11 @@ export const REFRESH_PURPOSE = 'refresh-token'
 export class SessionRevalidation {
   readonly #options: RevalidationOptions
   readonly #periodSec: number
-  /** The lease outlives the call (aborted at `timeoutMs`), the key-set reload it may need and the store writes. */
+  /**
+   * The lease outlives the call (aborted at `timeoutMs`), the key-set reload it may need and the
+   * store writes, and a Redis failover (Sentinel's and Cluster's default detection takes 15 to 30 s)
+   * during which the holder's rotated token waits in its journal to be written.
+   */
   readonly #leaseMs: number
   /** Last check this process knows of, per session: young and old generations, so that memory stays bounded. */
   #checked = new Map<string, number>()
@@ -109,7 +117,7 @@ export class SessionRevalidation {
   constructor (options: RevalidationOptions) {
     this.#options = options
     this.#periodSec = options.periodSec
-    this.#leaseMs = 2 * options.timeoutMs + 5000
+    this.#leaseMs = Math.max(MIN_LEASE_MS, 2 * options.timeoutMs + 5000)
     this.#memoryMax = options.memoryMax ?? 100_000
   }
 
@@ -305,7 +313,8 @@ export class SessionRevalidation {
     }
     if (!sameIdentity(session.identity, confirmation.identity)) {
       // Every replica answers with the new identity from now on; the token alone would say the old one.
-      await store.revise(key.session, { version: next.generation, identity: confirmation.identity }, session.claims.exp)
+      const revision = { version: next.generation, identity: confirmation.identity }
+      await store.revise(key.session, { ...revision, mac: this.#options.signer.sign(key.session, revision) }, session.claims.exp)
     }
     if (confirmation.changed.length > 0) {
       this.#options.log.info({ user: confirmation.identity.user, changed: confirmation.changed }, 'Keycloak session revalidated: the ClearML user follows Keycloak')

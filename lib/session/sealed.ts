@@ -5,8 +5,9 @@
  * nobody else can read or alter them.
  */
 import { EncryptJWT, jwtDecrypt, type JWTPayload } from 'jose'
-import { createCipheriv, createDecipheriv, randomBytes, webcrypto } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHmac, randomBytes, timingSafeEqual, webcrypto } from 'node:crypto'
 import { deriveKey } from '../crypto.js'
+import type { SessionRevision } from './follow-store.js'
 
 export class Sealer {
   // Imported once: jose would otherwise import raw key bytes into WebCrypto on every operation.
@@ -66,5 +67,31 @@ export class ServerSealer {
     } catch {
       return undefined
     }
+  }
+}
+
+/**
+ * The MAC of a session's revision (`SessionFollowStore.revise`): the identity a revalidation gave a
+ * session travels through the shared store, and whoever could write there would otherwise make any
+ * session admin on every replica. HMAC-SHA256 with a key derived from the configured secrets, over
+ * the session id, the version and every field of the identity.
+ */
+export class RevisionSigner {
+  readonly #key: Buffer
+
+  constructor (secret: string) {
+    this.#key = Buffer.from(deriveKey(secret, 'session-revision'))
+  }
+
+  sign (sessionId: string, revision: Omit<SessionRevision, 'mac'>): string {
+    const { company, user, user_name: userName, role, company_name: companyName } = revision.identity
+    return createHmac('sha256', this.#key).update(JSON.stringify([sessionId, revision.version, company, user, userName, role, companyName])).digest('base64url')
+  }
+
+  verify (sessionId: string, revision: SessionRevision): boolean {
+    if (typeof revision.mac !== 'string') return false
+    const expected = Buffer.from(this.sign(sessionId, revision))
+    const given = Buffer.from(revision.mac)
+    return given.length === expected.length && timingSafeEqual(given, expected)
   }
 }

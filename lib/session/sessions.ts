@@ -13,7 +13,7 @@ import type { RevocationStore } from './revocations.js'
 import { epochSeconds, SessionTokenVerifier } from './token-verifier.js'
 import { CredentialCache, undecided } from './credential-cache.js'
 import { keycloakSessionKey, sessionEndedKey, type ClearmlIdentity, type SessionClaims, type SessionFollows, type SessionIdentity } from './claims.js'
-import type { SessionFollowStore } from './follow-store.js'
+import type { SessionFollowStore, SessionRevision } from './follow-store.js'
 import { isCanonicalCompactJws, randomToken } from '../crypto.js'
 
 /** A verified session: the token's claims, and the identity built from them once. */
@@ -31,6 +31,8 @@ export interface VerifiedSession {
 export interface SessionFollowing {
   gate: { admit: (session: VerifiedSession) => boolean, settle: (session: VerifiedSession) => Promise<void> }
   revisions: Pick<SessionFollowStore, 'revision'>
+  /** Whether a revision is the plugin's own (its MAC verifies): any other is ignored. */
+  genuine: (sessionId: string, revision: SessionRevision) => boolean
 }
 
 export interface IssuedSession {
@@ -190,6 +192,11 @@ export class SessionTokens {
     if (revision === undefined) return session
     const revised = session.revised
     if (revised !== undefined && revised.version === revision.version) return revised.view
+    // Checked once per version: a revision the store made up (its MAC does not verify) changes nothing.
+    if (!this.#follow!.genuine(session.claims.session_id, revision)) {
+      session.revised = { version: revision.version, view: session }
+      return session
+    }
     const { company, user, user_name: userName, role, company_name: companyName } = revision.identity
     const view: VerifiedSession = {
       claims: session.claims,

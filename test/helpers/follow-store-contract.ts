@@ -253,6 +253,13 @@ export async function followStoreContract (t: Test, makeStores: () => Promise<Se
     await sleep(50)
     for (const store of [a, b, c]) t.equal(store.revision(session)?.version, 3, 'a lower version arriving later does not replace it')
     t.equal(c.revision(`revised-${randomUUID()}`), undefined)
+
+    // The plugin's MAC travels with the revision, untouched, to every replica and through a full load.
+    const signed = `signed-${randomUUID()}`
+    await a.revise(signed, { version: 1, identity: identityOf('user'), mac: 'bWFjLW9mLXRoZS1wbHVnaW4' }, inAnHour())
+    for (const store of [a, b, c]) {
+      t.strictSame(await eventually(() => store.revision(signed), (r) => r?.version === 1, propagationMs), { version: 1, identity: identityOf('user'), mac: 'bWFjLW9mLXRoZS1wbHVnaW4' }, 'the mac is kept and handed back as it is')
+    }
   })
 
   await t.test('everything expires with its session', async (t) => {
