@@ -12,7 +12,7 @@ import { createServer, request, type Server } from 'node:http'
 import { createInterface } from 'node:readline'
 import pg from 'pg'
 import { PostgresDirectory } from '../../postgres/index.js'
-import { startKeycloakLikeIdp, type RealmUser } from '../../examples/idp/keycloak-like-idp.js'
+import { startKeycloakLikeIdp, type KeycloakLikeIdp, type KeycloakLikeIdpOptions, type RealmUser } from '../../examples/idp/keycloak-like-idp.js'
 import { freePort } from '../../examples/free-port.js'
 import { startPostgres } from './postgres-server.js'
 import { UserAgent } from './user-agent.js'
@@ -63,7 +63,7 @@ async function roundRobinProxy (port: number, upstreams: () => number[]): Promis
   return proxy
 }
 
-interface Replica { port: number, child: ChildProcess, url: string }
+export interface Replica { port: number, child: ChildProcess, url: string }
 
 async function startReplica (env: Record<string, string>): Promise<Replica> {
   const port = await freePort()
@@ -81,14 +81,38 @@ async function startReplica (env: Record<string, string>): Promise<Replica> {
   return { port, child, url: `http://127.0.0.1:${port}` }
 }
 
-/** Starts PostgreSQL, the provider, three replicas and the proxy on `redis`, runs the subtests on `t`, and stops it all. */
-export async function replicasSuite (t: Test, redis: RedisUnderTest, options: ReplicasSuiteOptions = {}): Promise<void> {
+export interface ReplicaSetOptions {
+  /** The provider's realm settings (e.g. rotating refresh tokens). */
+  idp?: Partial<KeycloakLikeIdpOptions>
+  /** More CLEARML__ variables, identical on every replica. */
+  env?: Record<string, string>
+  users?: RealmUser[]
+}
+
+export interface ReplicaSet {
+  webapp: string
+  idp: KeycloakLikeIdp
+  replicas: Replica[]
+  directory: PostgresDirectory
+  /** A whole browser login through the proxy; the final page. */
+  login: (user: RealmUser, agent?: UserAgent) => Promise<{ agent: UserAgent, url: string, body: string }>
+  /** The session cookie's answer on every replica, asked directly, not through the proxy. */
+  everywhere: (cookie: string) => Promise<number[]>
+  /** Polls until every replica answers `status` for the session (propagation takes milliseconds). */
+  untilEverywhere: (cookie: string, status: number, timeoutMs?: number) => Promise<number[]>
+  sessionOf: (agent: UserAgent) => string
+  postgres: Awaited<ReturnType<typeof startPostgres>>
+}
+
+/** PostgreSQL, the provider, three replicas and the proxy on `redis`, all stopped when `t` ends. */
+export async function startReplicaSet (t: Test, redis: RedisUnderTest, options: ReplicaSetOptions = {}): Promise<ReplicaSet> {
   const postgres = await startPostgres()
   const proxyPort = await freePort()
   const webapp = `http://127.0.0.1:${proxyPort}`
   const idp = await startKeycloakLikeIdp({
-    users: [...people, late],
-    clients: [{ ...CLIENT, redirectUris: [`${webapp}/callback_keycloak`], postLogoutRedirectUris: [`${webapp}/login`], backchannelLogoutUri: `${webapp}/logout/backchannel` }]
+    users: options.users ?? [...people, late],
+    clients: [{ ...CLIENT, redirectUris: [`${webapp}/callback_keycloak`], postLogoutRedirectUris: [`${webapp}/login`], backchannelLogoutUri: `${webapp}/logout/backchannel` }],
+    ...options.idp
   })
   const env = {
     [`${KC}base_url`]: idp.issuer,
@@ -99,7 +123,8 @@ export async function replicasSuite (t: Test, redis: RedisUnderTest, options: Re
     CLEARML__secure__auth__token_secret: 'replicas-token-secret-of-at-least-32-bytes',
     WEBAPP_URL: webapp,
     ...redis.env,
-    DATABASE_URL: postgres.connectionString
+    DATABASE_URL: postgres.connectionString,
+    ...options.env
   }
   // The first replica creates the schema; the others start together, as behind a load balancer.
   const replicas: Replica[] = [await startReplica(env)]
@@ -122,20 +147,14 @@ export async function replicasSuite (t: Test, redis: RedisUnderTest, options: Re
     await postgres.close()
   })
 
-  /** A whole browser login through the proxy; the final page. */
-  async function login (user: RealmUser, agent = new UserAgent()): Promise<{ agent: UserAgent, url: string, body: string }> {
+  const login: ReplicaSet['login'] = async (user, agent = new UserAgent()) => {
     const page = await agent.navigate(`${webapp}/login/keycloak`)
     const final = page.url.startsWith(webapp) ? page : await agent.submitLogin(page, user.username, user.password)
     return { agent, url: final.url, body: final.body }
   }
-
-  /** The session cookie's answer on every replica, asked directly, not through the proxy. */
-  async function everywhere (cookie: string): Promise<number[]> {
-    return await Promise.all(replicas.map(async ({ url }) => (await fetch(`${url}/users.get_current_user`, { headers: { cookie: `clearml_token_basic=${cookie}` } })).status))
-  }
-
-  /** Polls until every replica answers `status` for the session (propagation takes milliseconds). */
-  async function untilEverywhere (cookie: string, status: number, timeoutMs = 15_000): Promise<number[]> {
+  const everywhere: ReplicaSet['everywhere'] = async (cookie) =>
+    await Promise.all(replicas.map(async ({ url }) => (await fetch(`${url}/users.get_current_user`, { headers: { cookie: `clearml_token_basic=${cookie}` } })).status))
+  const untilEverywhere: ReplicaSet['untilEverywhere'] = async (cookie, status, timeoutMs = 15_000) => {
     const deadline = Date.now() + timeoutMs
     let statuses = await everywhere(cookie)
     while (statuses.some((s) => s !== status) && Date.now() < deadline) {
@@ -144,8 +163,13 @@ export async function replicasSuite (t: Test, redis: RedisUnderTest, options: Re
     }
     return statuses
   }
-
   const sessionOf = (agent: UserAgent): string => agent.cookies(webapp).get('clearml_token_basic')!
+  return { webapp, idp, replicas, directory, login, everywhere, untilEverywhere, sessionOf, postgres }
+}
+
+/** Starts PostgreSQL, the provider, three replicas and the proxy on `redis`, runs the subtests on `t`, and stops it all. */
+export async function replicasSuite (t: Test, redis: RedisUnderTest, options: ReplicasSuiteOptions = {}): Promise<void> {
+  const { webapp, idp, replicas, directory, login, everywhere, untilEverywhere, sessionOf, postgres } = await startReplicaSet(t, redis)
 
   await t.test('30 concurrent first logins of 10 new subjects over three replicas: exactly 10 users, each in the right groups', async (t) => {
     const logins = await Promise.all(people.flatMap((person) => [0, 1, 2].map(async () => await login(person))))
