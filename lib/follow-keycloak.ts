@@ -59,7 +59,7 @@ export class KeycloakFollowing {
     // A host's store without the capability: refresh tokens stay in this process (SPEC 12.6).
     this.#store = followsSessions(revocations)
       ? revocations
-      : new MemoryFollowStore({ maxStates: options.memoryMax, maxRevisions: options.memoryMax, revoke: async (id, exp, owner) => { await revocations.revoke(id, exp, owner) } })
+      : new MemoryFollowStore({ maxStates: options.memoryMax, maxRevisions: options.memoryMax, revoke: revocations.revoke.bind(revocations) })
     this.#revalidation = new SessionRevalidation({
       periodSec: config.session.revalidateSec,
       store: this.#store,

@@ -92,6 +92,20 @@ t.test('what Redis holds: one hash per session and one set per Keycloak session,
   t.strictSame(keys, [NAMES.epoch, NAMES.keycloakSession('kc-1'), NAMES.refresh('s-1'), NAMES.refresh('s-2'), NAMES.revisionExpiry, NAMES.revisions].sort(), 'nothing else')
 })
 
+t.test('the leases a replica remembers are dropped once they have run out', async (t) => {
+  const server = await redisServer(t)
+  const { store: a } = await store(t, server)
+  const state: RefreshState = { sealed: 'sealed', checkedAt: 1, generation: 1 }
+  await a.saveRefresh({ session: 'short' }, state, inAnHour())
+  await a.saveRefresh({ session: 'next' }, state, inAnHour())
+  const first = await a.leaseRefresh({ session: 'short' }, { dueBefore: 2, leaseMs: 50 })
+  t.equal(first.status, 'leased')
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  t.equal((await a.leaseRefresh({ session: 'next' }, { dueBefore: 2, leaseMs: 5000 })).status, 'leased', 'a later lease, after the first ran out')
+  t.equal((await a.leaseRefresh({ session: 'short' }, { dueBefore: 2, leaseMs: 5000 })).status, 'leased', 'the first one\'s session can be leased again')
+  t.equal(await a.releaseRefresh({ session: 'short' }, (first as { lease: string }).lease), false, 'and the lapsed lease releases nothing')
+})
+
 t.test('inputs are checked before anything is changed', async (t) => {
   const server = await redisServer(t)
   const { store: a, redis } = await store(t, server)

@@ -46,6 +46,7 @@ t.test('refresh answers, sorted: ok, refused (invalid_grant), misconfigured (the
     ['a 200 without an access token', (res) => json(res, 200, { token_type: 'Bearer' }), { kind: 'misconfigured' }],
     ['another token type', (res) => json(res, 200, { access_token: 'a', token_type: 'mac' }), { kind: 'misconfigured' }],
     ['an HTML error page', (res) => { res.writeHead(404, { 'content-type': 'text/html' }).end('<h1>no</h1>') }, { kind: 'misconfigured', reason: 'token endpoint refused the refresh: HTTP 404, error (absent or malformed)' }],
+    ['a 200 that is not JSON', (res) => { res.writeHead(200, { 'content-type': 'text/plain' }).end('ok') }, { kind: 'misconfigured' }],
     ['a 503', (res) => json(res, 503, { error: 'temporarily_unavailable' }), { kind: 'unavailable', reason: 'token endpoint answered HTTP 503', answered: true }],
     ['a reset', (res) => { res.socket!.destroy() }, { kind: 'unavailable', answered: false }]
   ]
@@ -71,6 +72,8 @@ t.test('revocation (RFC 7009): 200 revokes, anything else is reported', async (t
   t.strictSame(bodies, ['token=r1&token_type_hint=refresh_token'])
   status = 401
   await t.rejects(revokeRefreshToken(url, 'r1', CLIENT), { code: 'idp_unavailable', message: 'revocation endpoint answered HTTP 401, error invalid_client' })
+  const page = await endpoint(t, (_req, res) => { res.writeHead(502, { 'content-type': 'text/html' }).end('<h1>Bad gateway</h1>') })
+  await t.rejects(revokeRefreshToken(page, 'r1', CLIENT), { code: 'idp_unavailable', message: 'revocation endpoint answered HTTP 502, error (absent or malformed)' })
 })
 
 /** A session as `SessionTokens` builds it, following Keycloak, issued `ageSec` ago. */
@@ -138,6 +141,16 @@ t.test('admit: not due, due (in the background), idle past twice the period (wai
   t.equal(h.revalidation.admit(idle), true, 'and is answered once checked')
   const rotated = await h.store.leaseRefresh(key('s-idle'), { dueBefore: nowSec() + 10, leaseMs: 1000 })
   t.match(rotated, { status: 'leased', state: { generation: 2 } }, 'the rotated token replaced the presented one')
+})
+
+t.test('a session without a Keycloak session id is kept and revalidated by its own id', async (t) => {
+  const h = harness()
+  const session = followedSession('s-nosid')
+  const claims = { ...session.claims, sso: { provider: 'keycloak', follows: 'user' as const } }
+  const bare: VerifiedSession = { ...session, claims }
+  await h.revalidation.keep({ session: 's-nosid' }, 'sub', 'rt-nosid', claims.exp, nowSec() - 5)
+  await h.revalidation.settle(bare)
+  t.strictSame(h.refreshes, ['rt-nosid'])
 })
 
 t.test('a session this process never saw counts as checked at its login; the store corrects that', async (t) => {
@@ -340,6 +353,8 @@ t.test('memory store: generations, leases, ends, revisions, and its bounds fail 
   t.equal(await store.takeRefresh(key('a')), undefined, 'an end holds no token')
   await store.endRefresh(key('fresh-end'), later)
   t.match(await store.leaseRefresh(key('fresh-end'), { dueBefore: 10, leaseMs: 1000 }), { status: 'ended' })
+  await store.saveRefresh(key('fresh-end'), { sealed: 'again', checkedAt: 1, generation: 5 }, later)
+  t.match(await store.leaseRefresh(key('fresh-end'), { dueBefore: 10, leaseMs: 1000 }), { status: 'ended' }, 'a state saved after the end does not revive it')
   await store.saveRefresh(key('b'), { sealed: 'b', checkedAt: 1, generation: 1 }, later)
   await store.saveRefresh(key('c'), { sealed: 'c', checkedAt: 1, generation: 1 }, later)
   t.equal(store.size, 2, 'bounded: the oldest went')
@@ -359,11 +374,14 @@ t.test('memory store: generations, leases, ends, revisions, and its bounds fail 
   await store.revise('r3', { version: 1, identity: identity('guest') }, later)
   t.equal(store.revision('r1'), undefined, 'bounded: the oldest revision went')
   t.strictSame(revoked, [['r1', 'u-user']], 'and its session was revoked rather than left to its token\'s old identity')
-  await store.revise('r4', { version: 1, identity: identity('user') }, nowSec() + 0.05)
+  const roomy = new MemoryFollowStore({ maxRevisions: 2, revoke: async (id, _exp, owner) => { revoked.push([id, owner]) } })
+  await roomy.revise('r4', { version: 1, identity: identity('user') }, nowSec() + 0.05)
+  await roomy.revise('r5', { version: 1, identity: identity('user') }, later)
   await sleep(80)
-  t.equal(store.revision('r4'), undefined, 'gone at its expiry')
-  await store.revise('r5', { version: 1, identity: identity('user') }, later)
-  t.equal(revoked.length, 2, 'room made by what expired before anything live is dropped')
+  await roomy.revise('r6', { version: 1, identity: identity('user') }, later)
+  t.equal(roomy.revision('r4'), undefined, 'gone at its expiry')
+  t.equal(roomy.revision('r5')?.version, 1, 'the live ones kept')
+  t.equal(revoked.length, 1, 'room made by what expired: nothing live dropped, nothing revoked')
 })
 
 /** A login at the scriptable provider, whose code grant gives a refresh token; the session cookie. */
@@ -425,6 +443,28 @@ t.test('a store that cannot keep the refresh token refuses the login; one that c
   const logout = await b.app.inject({ method: 'POST', url: '/logout/backchannel', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: `logout_token=${logoutToken}` })
   t.equal(logout.statusCode, 200, 'the back-channel logout is done all the same')
   t.ok(logs.some((line) => line.includes('Keycloak refresh tokens not removed')), 'and the operator told what was left')
+
+  // The directory failing as the back-channel call names its user: revoked all the same, without an owner.
+  const c = await hostileHarness(t, FOLLOW)
+  refreshWith(c.idp, async () => ({ status: 500 }))
+  const cookie = await followedLogin(c)
+  c.directory.findUserByIdentity = async () => { throw new Error('database down') }
+  const token = await c.idp.sign({ iss: c.idp.issuer, aud: 'clearml', sub: 'a6f0c1e2-1111-4222-8333-944455556666', iat: Math.floor(Date.now() / 1000), jti: 'j-2', sid: 'kc-session-1', typ: 'Logout', events: { 'http://schemas.openid.net/event/backchannel-logout': {} } })
+  const called = await c.app.inject({ method: 'POST', url: '/logout/backchannel', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: `logout_token=${token}` })
+  t.equal(called.statusCode, 200, 'a failing directory does not fail the back-channel logout')
+  t.equal((await c.app.inject({ method: 'GET', url: '/me', headers: { cookie } })).statusCode, 401, 'its sessions are refused')
+})
+
+t.test('a refresh whose claims lack the user id ends the session (missing_claim)', async (t) => {
+  const h = await hostileHarness(t, { ...FOLLOW, [`${HOSTILE_KC}claims__user_id`]: 'employee_id' }, (idp) => {
+    const idClaims = idp.idClaims
+    idp.idClaims = (nonce) => ({ ...idClaims(nonce), employee_id: 'e-1' })
+  })
+  refreshWith(h.idp, async () => ({ body: { token_type: 'Bearer', access_token: await h.idp.sign(h.idp.accessClaims()) } }))
+  const cookie = await followedLogin(h)
+  await sleep(2200)
+  const answer = await h.app.inject({ method: 'GET', url: '/me', headers: { cookie } })
+  t.equal(answer.json().meta.result_msg, 'session_ended', 'the refreshed claims say nothing of the user id: ended')
 })
 
 t.test('the server-side seal: opens what it sealed, nothing altered, expired or sealed with other secrets', async (t) => {

@@ -537,3 +537,33 @@ t.test('key set never loaded and the endpoint failing: unauthenticated channels 
   await t.rejects(jwtVerify(token, broken.getUntrustedKey), TypeError, 'a failure that is not Keycloak\'s passes through')
   await t.rejects(jwtVerify(token, broken.getUntrustedKey), { code: 'idp_unavailable', message: 'key set (jwks) could not be loaded: its last load failed' }, 'and backs off too')
 })
+
+t.test('revocation store: a full store forgets the revocations of the owner holding the most, and refuses only that owner\'s older sessions, until they have expired', async (t) => {
+  let clock = 1_800_000_000
+  t.capture(Date, 'now', () => clock * 1000)
+  const store = new MemoryRevocationStore({ max: 4 })
+  const issued = clock - 10
+  await store.revoke('m1', clock + 100, 'mallory')
+  await store.revoke('m2', clock + 100, 'mallory')
+  await store.revoke('m3', clock + 200, 'mallory')
+  await store.revoke('b1', clock + 100, 'bob')
+  await store.revoke('m4', clock + 100, 'mallory')
+  t.equal(store.refusedUntil, Number.NEGATIVE_INFINITY, 'nobody else is refused')
+  t.equal(store.refusedUntilFor('mallory'), clock, 'mallory\'s sessions issued until now are')
+  for (const id of ['m1', 'm2', 'm3', 'm4']) t.equal(store.isRevoked(id, issued, 'mallory'), true, `${id} stays refused`)
+  t.equal(store.isRevoked('m-other', issued, 'mallory'), true, 'so does any older session of mallory\'s')
+  t.equal(store.isRevoked('m-new', clock + 1, 'mallory'), false, 'a later one is accepted')
+  t.equal(store.isRevoked('b1', issued, 'bob'), true, 'bob\'s revocation was kept')
+  t.equal(store.isRevoked('b-other', issued, 'bob'), false, 'and bob\'s other sessions accepted')
+  t.equal(store.isRevoked('anyone', issued), true, 'a session asked about without its owner may be one of mallory\'s: refused')
+  t.equal(store.isRevoked('anyone', clock + 1), false, 'unless issued after the store forgot')
+  clock += 201
+  t.equal(store.isRevoked('m-other', issued, 'mallory'), false, 'once every session it covered has expired, the refusal ends')
+  t.equal(store.refusedUntilFor('mallory'), Number.NEGATIVE_INFINITY)
+  await store.revoke('x1', clock + 100, 'x')
+  await store.revoke('x2', clock + 100, 'x')
+  await store.revoke('x3', clock + 100, 'x')
+  await store.revoke('y1', clock + 100, 'y')
+  await store.revoke('x4', clock + 100, 'x')
+  t.equal(store.refusedUntilFor('x'), clock, 'a second forgetting works the same')
+})
