@@ -406,7 +406,11 @@ const FOLLOW = { [`${HOSTILE_KC}session__revalidate_sec`]: '1' }
 t.test('a refresh answered for another Keycloak user, in any of its tokens, ends the session; tokens that do not verify keep it', async (t) => {
   const cases: Array<[string, Record<string, string>, (idp: HostileIdp) => Promise<HostileAnswer>, number]> = [
     ['the access token names another subject', {}, async (idp) => ({ body: { token_type: 'Bearer', access_token: await idp.sign({ ...idp.accessClaims(), sub: 'someone-else' }) } }), 401],
-    ['the ID token names another subject', {}, async (idp) => ({ body: { token_type: 'Bearer', id_token: await idp.sign({ ...idp.idClaims('n'), sub: 'someone-else' }), access_token: await idp.sign(idp.accessClaims()) } }), 401],
+    ['the ID token names another subject (a lightweight access token: the ID token is read)', {}, async (idp) => {
+      const { preferred_username: _username, email: _email, ...lightweight } = idp.accessClaims()
+      return { body: { token_type: 'Bearer', id_token: await idp.sign({ ...idp.idClaims('n'), sub: 'someone-else' }), access_token: await idp.sign(lightweight) } }
+    }, 401],
+    ['the ID token names another subject, the access token carries the user: the ID token is not read', {}, async (idp) => ({ body: { token_type: 'Bearer', id_token: await idp.sign({ ...idp.idClaims('n'), sub: 'someone-else' }), access_token: await idp.sign(idp.accessClaims()) } }), 200],
     ['userinfo answers for another subject', { [`${HOSTILE_KC}get_info_from_access_token`]: 'false' }, async (idp) => {
       idp.override.userinfo = async () => ({ body: { sub: 'someone-else', email: 'x@acme.com' } })
       return { body: { token_type: 'Bearer', access_token: await idp.sign(idp.accessClaims()) } }
