@@ -31,3 +31,18 @@ export async function startApiserver<Info extends { port: number }> (file: strin
   const info = JSON.parse(line) as Info
   return { process: child, url: `http://127.0.0.1:${info.port}`, info }
 }
+
+/**
+ * Stops an apiserver; one started with `--cpu-prof` is asked to exit normally, so that its profile is
+ * written (a killed process writes none).
+ */
+export async function stopApiserver (server: Apiserver<{ port: number }>, profiled: boolean): Promise<void> {
+  if (!profiled) {
+    server.process.kill()
+    return
+  }
+  server.process.removeAllListeners('exit')
+  const exited = new Promise((resolve) => server.process.once('exit', resolve))
+  await fetch(`${server.url}/exit`, { method: 'POST' })
+  await exited
+}

@@ -12,7 +12,7 @@
  */
 import autocannon, { type Request } from 'autocannon'
 import { cpus, loadavg } from 'node:os'
-import { CONNECTIONS, DURATION, median, ROUNDS, startApiserver, type Apiserver } from './common.js'
+import { CONNECTIONS, DURATION, median, ROUNDS, startApiserver, stopApiserver, type Apiserver } from './common.js'
 
 const SESSIONS = Number(process.env.BENCH_FOLLOWED_SESSIONS ?? 10000)
 const PERIOD = Number(process.env.BENCH_REVALIDATE_SEC ?? 300)
@@ -108,15 +108,7 @@ const summary = {
   refreshes: { total: refreshes, seconds, perSessionPerPeriod: refreshes / SESSIONS / (seconds / PERIOD), perSecondInTheWindows: median(samples.get(follows)!.map((s) => s.refreshes / DURATION)) },
   cpuUsPerRevalidation: perRevalidation
 }
-if (CPU_PROF === undefined) {
-  server.process.kill()
-} else {
-  // A normal exit, so that the profile is written.
-  server.process.removeAllListeners('exit')
-  const exited = new Promise((resolve) => server.process.once('exit', resolve))
-  await fetch(`${server.url}/exit`, { method: 'POST' })
-  await exited
-}
+await stopApiserver(server, CPU_PROF !== undefined)
 providerProcess.process.kill()
 
 console.log(`

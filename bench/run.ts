@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto'
 import { cpus, loadavg } from 'node:os'
 import autocannon, { type Request } from 'autocannon'
 import { benchKey, startFastProvider, type BenchKey, type FastProvider } from './fast-provider.js'
-import { CONNECTIONS, DURATION, median, ROUNDS, startApiserver, type Apiserver } from './common.js'
+import { CONNECTIONS, DURATION, median, ROUNDS, startApiserver, stopApiserver, type Apiserver } from './common.js'
 
 const LOGINS = Number(process.env.BENCH_LOGINS ?? 5000)
 const MEMORY_LOGINS = Number(process.env.BENCH_MEMORY_LOGINS ?? 100000)
@@ -327,15 +327,7 @@ if (PARTS.has('memory')) {
   `\nRefused during the memory run: ${JSON.stringify(Object.fromEntries(memoryRefused))}\n`)
 }
 
-if (CPU_PROF === undefined) {
-  plugin.process.kill()
-} else {
-  // A normal exit, so that the profile is written.
-  plugin.process.removeAllListeners('exit')
-  const exited = new Promise((resolve) => plugin.process.once('exit', resolve))
-  await fetch(`${plugin.url}/exit`, { method: 'POST' })
-  await exited
-}
+await stopApiserver(plugin, CPU_PROF !== undefined)
 adapter.process.kill()
 await provider.close()
 summary.loadAverageAtEnd = loadavg()

@@ -382,6 +382,10 @@ t.test('memory store: generations, leases, ends, revisions, and its bounds fail 
   t.equal(roomy.revision('r4'), undefined, 'gone at its expiry')
   t.equal(roomy.revision('r5')?.version, 1, 'the live ones kept')
   t.equal(revoked.length, 1, 'room made by what expired: nothing live dropped, nothing revoked')
+  const brief = new MemoryFollowStore({ revoke: async () => {} })
+  await brief.revise('r7', { version: 1, identity: identity('user') }, nowSec() + 0.05)
+  await sleep(80)
+  t.equal(brief.revision('r7'), undefined, 'asked about after its expiry: gone')
 })
 
 /** A login at the scriptable provider, whose code grant gives a refresh token; the session cookie. */
@@ -415,6 +419,11 @@ t.test('a refresh answered for another Keycloak user, in any of its tokens, ends
       idp.override.userinfo = async () => ({ body: { sub: 'someone-else', email: 'x@acme.com' } })
       return { body: { token_type: 'Bearer', access_token: await idp.sign(idp.accessClaims()) } }
     }, 401],
+    ['a lightweight access token and no ID token: the session kept on what the directory has', {}, async (idp) => {
+      const { preferred_username: _username, email: _email, ...lightweight } = idp.accessClaims()
+      return { body: { token_type: 'Bearer', access_token: await idp.sign(lightweight) } }
+    }, 200],
+    ['an access token with the user name only: enough, the ID token is not read', {}, async (idp) => ({ body: { token_type: 'Bearer', id_token: await idp.sign({ ...idp.idClaims('n'), sub: 'someone-else' }), access_token: await idp.sign({ ...idp.accessClaims(), name: undefined }) } }), 200],
     ['an access token signed by a key the realm does not publish', {}, async (idp) => ({ body: { token_type: 'Bearer', access_token: await idp.sign(idp.accessClaims(), { key: await newKey('unpublished') }) } }), 200]
   ]
   for (const [name, env, refresh, status] of cases) {
@@ -457,6 +466,23 @@ t.test('a store that cannot keep the refresh token refuses the login; one that c
   const called = await c.app.inject({ method: 'POST', url: '/logout/backchannel', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: `logout_token=${token}` })
   t.equal(called.statusCode, 200, 'a failing directory does not fail the back-channel logout')
   t.equal((await c.app.inject({ method: 'GET', url: '/me', headers: { cookie } })).statusCode, 401, 'its sessions are refused')
+})
+
+t.test('a logout of a session without a Keycloak session id removes its refresh token all the same', async (t) => {
+  const store = new MemoryRevocationStore()
+  const h = await hostileHarness(t, FOLLOW, (idp) => {
+    const idClaims = idp.idClaims
+    idp.idClaims = (nonce) => ({ ...idClaims(nonce), sid: undefined })
+  }, { revocations: store })
+  refreshWith(h.idp, async () => ({ status: 500 }))
+  const cookie = await followedLogin(h)
+  const claims = JSON.parse(Buffer.from(cookie.split('=')[1].split('.')[1], 'base64url').toString()) as { session_id: string, sso: Record<string, unknown> }
+  t.strictSame(claims.sso, { provider: 'keycloak', follows: 'user' }, 'a session that follows Keycloak, without a Keycloak session id')
+  const kept = { session: claims.session_id }
+  t.equal((await store.leaseRefresh(kept, { dueBefore: 0, leaseMs: 1 })).status, 'fresh', 'its refresh token is kept')
+  const logout = await h.app.inject({ method: 'POST', url: '/login.logout', headers: { cookie, 'content-type': 'application/json' }, payload: '{}' })
+  t.equal(logout.statusCode, 200)
+  t.equal((await store.leaseRefresh(kept, { dueBefore: 0, leaseMs: 1 })).status, 'absent', 'and removed at logout')
 })
 
 t.test('a refresh whose claims lack the user id ends the session (missing_claim)', async (t) => {

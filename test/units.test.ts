@@ -566,4 +566,10 @@ t.test('revocation store: a full store forgets the revocations of the owner hold
   await store.revoke('y1', clock + 100, 'y')
   await store.revoke('x4', clock + 100, 'x')
   t.equal(store.refusedUntilFor('x'), clock, 'a second forgetting works the same')
+  clock += 201
+  for (const id of ['z1', 'z2', 'z3']) await store.revoke(id, clock + 100, 'z')
+  await store.revoke('w1', clock + 100, 'w')
+  await store.revoke('z4', clock + 100, 'z')
+  t.equal(store.refusedUntilFor('x'), Number.NEGATIVE_INFINITY, 'a refusal whose sessions have all expired is dropped when the store next forgets')
+  t.equal(store.refusedUntilFor('z'), clock)
 })

@@ -27,11 +27,10 @@ import { fileURLToPath } from 'node:url'
 import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify'
 import fastifyStatic from '@fastify/static'
 import clearmlKeycloak, { redactPaths, type ClearmlIdentity } from '../../index.js'
-import { startKeycloakLikeIdp, type KeycloakLikeIdp } from '../idp/keycloak-like-idp.js'
+import type { KeycloakLikeIdp } from '../idp/keycloak-like-idp.js'
 import { clearmlVariables, seededDirectory, type ExampleDirectory } from '../apiserver.js'
-import { DEMO_CLIENT, DEMO_USERS, demoEnvironment } from '../demo/server.js'
+import { DEMO_USERS, demoEnvironment, startDemoRealm } from '../demo/server.js'
 import { escapeHtml, page } from '../demo/page.js'
-import { freePort } from '../free-port.js'
 
 /** Where the plugin and the host's API endpoints are; the web app's `apiBaseUrl`. */
 export const API_PREFIX = '/api'
@@ -139,19 +138,8 @@ export interface WebappHost {
 
 export async function startWebappHost (options: { webappDir: string, port?: number, idpPort?: number, host?: string, logger?: boolean }): Promise<WebappHost> {
   const webappDir = webappBuild(options.webappDir)
-  const host = options.host ?? '127.0.0.1'
-  // The web app's origin must be known before the provider registers the client's redirect URI.
-  const port = options.port !== undefined && options.port !== 0 ? options.port : await freePort()
-  const url = `http://${host}:${port}`
-  const idp = await startKeycloakLikeIdp({
-    host,
-    port: options.idpPort ?? 0,
-    realm: 'clearml',
-    fullGroupPath: true,
-    users: DEMO_USERS,
-    // ClearML's documented redirect URI, whatever the plugin's prefix; the web app logs out to /login.
-    clients: [{ ...DEMO_CLIENT, redirectUris: [`${url}/callback_keycloak`], postLogoutRedirectUris: [`${url}/login`] }]
-  })
+  // The web app logs out to /login.
+  const { idp, url, port, host } = await startDemoRealm({ ...options, postLogoutPaths: ['/login'] })
   try {
     const env = { ...demoEnvironment(idp.issuer), ...clearmlVariables(process.env) }
     const app = await buildWebappHost({ webappDir, webappUrl: url, env, directory: await seededDirectory(), logger: options.logger })

@@ -60,9 +60,13 @@ export interface Demo {
   close: () => Promise<void>
 }
 
-export async function startDemo (options: { port?: number, idpPort?: number, host?: string, logger?: boolean } = {}): Promise<Demo> {
+/**
+ * The demo realm for a web app about to listen: its origin (a free port unless one is given) is
+ * known first, since the provider registers the client's redirect URI,
+ * `<origin>/callback_keycloak` (ClearML's documented one, whatever the plugin's prefix).
+ */
+export async function startDemoRealm (options: { port?: number, idpPort?: number, host?: string, postLogoutPaths: string[] }): Promise<{ idp: KeycloakLikeIdp, url: string, port: number, host: string }> {
   const host = options.host ?? '127.0.0.1'
-  // The web app's origin must be known before the provider registers the client's redirect URI.
   const port = options.port !== undefined && options.port !== 0 ? options.port : await freePort()
   const url = `http://${host}:${port}`
   const idp = await startKeycloakLikeIdp({
@@ -71,8 +75,13 @@ export async function startDemo (options: { port?: number, idpPort?: number, hos
     realm: 'clearml',
     fullGroupPath: true,
     users: DEMO_USERS,
-    clients: [{ ...DEMO_CLIENT, redirectUris: [`${url}/callback_keycloak`], postLogoutRedirectUris: [`${url}/login`, `${url}/`] }]
+    clients: [{ ...DEMO_CLIENT, redirectUris: [`${url}/callback_keycloak`], postLogoutRedirectUris: options.postLogoutPaths.map((path) => `${url}${path}`) }]
   })
+  return { idp, url, port, host }
+}
+
+export async function startDemo (options: { port?: number, idpPort?: number, host?: string, logger?: boolean } = {}): Promise<Demo> {
+  const { idp, url, port, host } = await startDemoRealm({ ...options, postLogoutPaths: ['/login', '/'] })
   const env = { ...demoEnvironment(idp.issuer), ...clearmlVariables(process.env) }
   const directory = await seededDirectory()
   const app = await buildApiserver({ env, webappUrl: url, directory, logger: options.logger })

@@ -129,7 +129,7 @@ export class MemoryRevocationStore implements RevocationStore {
     this.#follow = new MemoryFollowStore({
       maxStates: options.maxFollowed,
       maxRevisions: options.maxFollowed,
-      revoke: async (sessionId, expiresAt, owner) => { await this.revoke(sessionId, expiresAt, owner) }
+      revoke: this.revoke.bind(this)
     })
     this.#log = options.log
   }
