@@ -15,7 +15,7 @@ import { base64url, jwtVerify } from 'jose'
 import { decodeSegment, epochSeconds, isSessionClaims, SessionTokenVerifier } from '../lib/session/token-verifier.js'
 import { ADMISSION_WHEN_FULL, CredentialCache } from '../lib/session/credential-cache.js'
 import { DEFAULT_SESSION_CACHE_MAX, SessionTokens, type VerifiedSession } from '../lib/session/sessions.js'
-import { keycloakSessionKey } from '../lib/session/claims.js'
+import { keycloakSessionKey, sessionEndedKey } from '../lib/session/claims.js'
 import { MemoryRevocationStore } from '../lib/session/revocations.js'
 import clearmlKeycloak, { MemoryDirectory } from '../index.js'
 import { KC, KC_SECURE, startStack, TOKEN_SECRET } from './helpers/stack.js'
@@ -554,4 +554,98 @@ t.test('property: a compact JWS has one canonical spelling, and only that one is
   t.notOk(isCanonicalCompactJws('AA..AA'), 'an empty segment')
   t.notOk(isCanonicalCompactJws('AAAAA.AA.AA'), 'a length no encoder writes (4n + 1)')
   t.notOk(isCanonicalCompactJws(`${'A'.repeat(16 * 1024)}.AA.AA`), 'longer than any token the plugin reads')
+})
+
+t.test('session tokens: the cache admits a session once it passed, and lets go of one found revoked or expired', async (t) => {
+  let clock = 1_800_000_000
+  t.capture(Date, 'now', () => clock * 1000)
+  const revocations = new MemoryRevocationStore()
+  const sessions = new SessionTokens({ secret: SECRET, lifetimeSec: 100, revocations })
+  const user = { id: 'u1', company: 'c', name: 'Ann', role: 'user' }
+  const company = { id: 'c', name: 'C' }
+  const { token } = await sessions.issue(user, company, 's-1', 'kc-1')
+  t.ok(sessions.cached(token), 'valid')
+  t.ok(sessions.isCached(token), 'and cached')
+  for (let i = 0; i < 3; i++) sessions.cached(token)
+  t.equal(sessions.cacheSize, 1, 'once, however often presented')
+  await revocations.revoke('s-1', clock + 100, 'u1')
+  t.equal(sessions.cached(token), null)
+  t.notOk(sessions.isCached(token), 'found revoked: let go')
+  t.equal(await sessions.verify(token), null)
+  t.notOk(sessions.isCached(token), 'and not admitted again by the slow path')
+
+  const second = await sessions.issue(user, company, 's-2', undefined)
+  t.ok(await sessions.verify(second.token), 'the slow path admits a valid session')
+  t.ok(sessions.isCached(second.token))
+  await revocations.revoke('s-2', clock + 100, 'u1')
+  t.equal(await sessions.verify(second.token), null)
+  t.notOk(sessions.isCached(second.token), 'and lets go of it once revoked')
+
+  const third = await sessions.issue(user, company, 's-3', undefined)
+  t.ok(await sessions.verify(third.token))
+  clock += 100
+  t.equal(await sessions.verify(third.token), null, 'expired from the second exp names')
+  t.notOk(sessions.isCached(third.token), 'and let go')
+
+  const spaced = third.token.slice(0, -5) + ' ' + third.token.slice(-5)
+  clock -= 50
+  t.ok(sessions.cached(third.token), 'valid again on a clock set back')
+  t.equal(sessions.cached(spaced), undefined, 'another spelling of it is not a session token at all')
+  t.equal(sessions.isSessionToken(spaced), false)
+  t.equal(sessions.isSessionToken(third.token), true, 'cached: a session token')
+  t.equal(sessions.isSessionToken(second.token), true, 'revoked, not cached: still one of ours')
+  t.equal(sessions.isSessionToken('a.b.c'), false)
+})
+
+t.test('session tokens: sessions that follow Keycloak pass the gate; revisions replace the identity; refusals say session_ended', async (t) => {
+  const revocations = new MemoryRevocationStore()
+  const admitted: string[] = []
+  const settled: string[] = []
+  let admit = true
+  let genuine = true
+  const sessions = new SessionTokens({
+    secret: SECRET,
+    lifetimeSec: 3600,
+    revocations,
+    follow: {
+      gate: { admit: (session) => { admitted.push(session.claims.session_id); return admit }, settle: async (session) => { settled.push(session.claims.session_id) } },
+      revisions: revocations,
+      genuine: () => genuine
+    }
+  })
+  const user = { id: 'u1', company: 'c', name: 'Ann', role: 'admin' }
+  const company = { id: 'c', name: 'C' }
+  const followed = await sessions.issue(user, company, 'f-1', 'kc', 'user')
+  const plain = await sessions.issue(user, company, 'p-1', 'kc')
+  t.ok(sessions.cached(plain.token), 'a session that does not follow Keycloak')
+  t.strictSame(admitted, [], 'never asks the gate')
+  t.ok(sessions.cached(followed.token))
+  t.strictSame(admitted, ['f-1'], 'one that follows asks it')
+  admit = false
+  t.equal(sessions.cached(followed.token), undefined, 'the gate says wait: only the slow path can tell')
+  t.ok(await sessions.verify(followed.token), 'the slow path waits for the check, then answers')
+  t.strictSame(settled, ['f-1'])
+  await revocations.revoke('f-1', Date.now() / 1000 + 3600, 'u1')
+  t.equal(await sessions.verify(followed.token), null, 'ended while it waited: refused')
+  t.equal(await sessions.refusalOf(followed.token), 'invalid_token', 'revoked as by a logout: invalid_token')
+  await revocations.revoke(sessionEndedKey('f-1'), Date.now() / 1000 + 3600, 'u1')
+  t.equal(await sessions.refusalOf(followed.token), 'session_ended', 'ended by Keycloak: session_ended')
+  t.equal(await sessions.refusalOf(plain.token), 'invalid_token', 'another session is not')
+  t.equal(await sessions.refusalOf('not.a.token'), 'invalid_token')
+  admit = true
+
+  const later = Date.now() / 1000 + 3600
+  const demoted = { company: 'c', user: 'u1', user_name: 'Ann B.', role: 'user', company_name: 'C' }
+  await revocations.revise('p-1', { version: 2, identity: demoted, mac: 'm' }, later)
+  const revised = sessions.cached(plain.token)!
+  t.strictSame(revised.identity, { ...demoted, session_id: 'p-1', exp: plain.expiresAt, credential: 'session' }, 'the revision\'s identity, the session\'s id and expiry')
+  t.ok(Object.isFrozen(revised.identity))
+  t.equal(sessions.cached(plain.token), revised, 'built once per version')
+  t.equal((await sessions.verify(plain.token))!.identity, revised.identity, 'the slow path answers the same')
+  await revocations.revise('p-1', { version: 3, identity: { ...demoted, role: 'annotator' }, mac: 'm' }, later)
+  t.equal(sessions.cached(plain.token)!.identity.role, 'annotator', 'a newer version, a new identity')
+  genuine = false
+  await revocations.revise('p-1', { version: 4, identity: { ...demoted, role: 'admin' }, mac: 'forged' }, later)
+  t.equal(sessions.cached(plain.token)!.identity.role, 'admin', 'a revision that is not genuine: the token\'s own identity')
+  t.equal(sessions.cached(plain.token)!.identity, sessions.cached(plain.token)!.identity, 'decided once for that version')
 })

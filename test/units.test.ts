@@ -13,6 +13,7 @@ import Fastify from 'fastify'
 import { exportJWK, generateKeyPair, jwtVerify, SignJWT, type JWK } from 'jose'
 import { MemoryRevocationStore } from '../index.js'
 import { OnceClaims } from '../lib/session/revocations.js'
+import { followStoreContract } from './helpers/follow-store-contract.js'
 import { readClearmlEnv } from '../lib/config/clearml-env.js'
 import { callJson } from '../lib/keycloak/http.js'
 import { RemoteKeySet } from '../lib/keycloak/key-set.js'
@@ -572,4 +573,93 @@ t.test('revocation store: a full store forgets the revocations of the owner hold
   await store.revoke('z4', clock + 100, 'z')
   t.equal(store.refusedUntilFor('x'), Number.NEGATIVE_INFINITY, 'a refusal whose sessions have all expired is dropped when the store next forgets')
   t.equal(store.refusedUntilFor('z'), clock)
+})
+
+t.test('revocation store: a revocation made twice keeps the later expiry', async (t) => {
+  let clock = 1_800_000_000
+  t.capture(Date, 'now', () => clock * 1000)
+  const store = new MemoryRevocationStore()
+  await store.revoke('s', clock + 100, 'u')
+  await store.revoke('s', clock + 10, 'u')
+  clock += 50
+  t.equal(store.isRevoked('s', clock - 60, 'u'), true, 'a shorter second expiry does not shorten the first')
+  await store.revoke('s', clock + 100, 'u')
+  clock += 80
+  t.equal(store.isRevoked('s', clock - 200, 'u'), true, 'a longer one lengthens it')
+  t.equal(store.size, 1, 'one revocation, however often made')
+})
+
+t.test('revocation store: which owners a full store forgets, exactly', async (t) => {
+  let clock = 1_800_000_000
+  t.capture(Date, 'now', () => clock * 1000)
+  const warnings: Array<{ object: Record<string, unknown>, message: string }> = []
+  const log = { warn: (object: Record<string, unknown>, message: string) => { warnings.push({ object, message }) } }
+
+  // The owner holding the most goes first, wherever it stands in the order of arrival.
+  const most = new MemoryRevocationStore({ max: 4, log })
+  await most.revoke('a1', clock + 100, 'a')
+  await most.revoke('b1', clock + 100, 'b')
+  await most.revoke('b2', clock + 100, 'b')
+  await most.revoke('b3', clock + 100, 'b')
+  await most.revoke('c1', clock + 100, 'c')
+  t.equal(most.refusedUntilFor('b'), clock, 'b held the most: forgotten')
+  t.equal(most.refusedUntilFor('a'), Number.NEGATIVE_INFINITY, 'a, first to arrive, kept')
+  t.equal(most.isRevoked('a1', clock - 1, 'a'), true)
+  t.strictSame(warnings, [{
+    object: { forgotten: 3, owners: 1 },
+    message: 'fastify-clearml-keycloak: the in-memory revocation store held 4 live revocations (its bound); it forgot 3 of the 1 user(s) holding the most, whose sessions issued until now must log in again. Share a RedisRevocationStore, or raise "max".'
+  }], 'said once, with what was forgotten')
+
+  // At least a tenth of the bound at once: with a bound of 20, two owners of one revocation each.
+  const tenth = new MemoryRevocationStore({ max: 20 })
+  for (let i = 0; i < 20; i++) await tenth.revoke(`s${i}`, clock + 100, `u${i}`)
+  await tenth.revoke('s20', clock + 100, 'u20')
+  t.strictSame(Array.from({ length: 21 }, (_, i) => tenth.refusedUntilFor(`u${i}`) === clock), [true, true, ...Array(19).fill(false)], 'the first two, and no more')
+  t.equal(tenth.size, 19)
+
+  // An owner's index follows its revocations as they expire: a part expired, the rest still counts.
+  const index = new MemoryRevocationStore({ max: 4 })
+  await index.revoke('a1', clock + 5, 'a')
+  await index.revoke('a2', clock + 100, 'a')
+  await index.revoke('a3', clock + 100, 'a')
+  await index.revoke('b1', clock + 100, 'b')
+  clock += 10
+  await index.revoke('b2', clock + 100, 'b')
+  await index.revoke('c1', clock + 100, 'c')
+  t.equal(index.refusedUntilFor('a'), clock, 'a, with two live revocations left and first to arrive, is forgotten')
+  t.equal(index.refusedUntilFor('b'), Number.NEGATIVE_INFINITY)
+
+  // Refusals outlive later forgettings while their sessions may live; they end exactly at their expiry.
+  const lasting = new MemoryRevocationStore({ max: 2 })
+  await lasting.revoke('x1', clock + 100, 'x')
+  await lasting.revoke('x2', clock + 100, 'x')
+  await lasting.revoke('y1', clock + 200, 'y')
+  const forgotAt = clock
+  clock += 50
+  await lasting.revoke('y2', clock + 200, 'y')
+  await lasting.revoke('z1', clock + 200, 'z')
+  t.equal(lasting.refusedUntilFor('y'), clock, 'y forgotten in turn')
+  t.equal(lasting.isRevoked('x-older', forgotAt - 1, 'x'), true, 'and x still refused meanwhile')
+  t.equal(lasting.isRevoked('x-then', forgotAt, 'x'), true, 'a session issued in the very second it forgot, too')
+  t.equal(lasting.isRevoked('x-unknown'), true, 'a session asked about without owner or issue time: refused')
+  t.equal(lasting.isRevoked('x-no-time', undefined, 'x'), true, 'an owner\'s session without issue time: refused')
+  t.equal(lasting.isRevoked('anyone', clock, undefined), true, 'without an owner, issued in the second of the latest forgetting: refused')
+  clock = forgotAt + 100
+  t.equal(lasting.isRevoked('x-older', forgotAt - 1, 'x'), false, 'at the latest expiry of what it forgot, x\'s refusal ends')
+})
+
+t.test('revocation store: sessions that follow Keycloak, by the follow-store contract', async (t) => {
+  const store = new MemoryRevocationStore()
+  await followStoreContract(t, async () => [store, store, store])
+})
+
+t.test('revocation store: a bound on what follows Keycloak revokes the session whose revision it drops', async (t) => {
+  const store = new MemoryRevocationStore({ maxFollowed: 1 })
+  const later = Date.now() / 1000 + 3600
+  const identity = { company: 'c', user: 'u1', user_name: 'U', role: 'user', company_name: 'C' }
+  await store.revise('s1', { version: 1, identity }, later)
+  await store.revise('s2', { version: 1, identity: { ...identity, user: 'u2' } }, later)
+  t.equal(store.revision('s1'), undefined, 'the older revision dropped')
+  t.equal(store.isRevoked('s1', Math.floor(Date.now() / 1000), 'u1'), true, 'and its session revoked')
+  t.equal(store.isRevoked('s2', Math.floor(Date.now() / 1000), 'u2'), false)
 })
