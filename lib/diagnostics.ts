@@ -12,7 +12,6 @@
 import { channel } from 'node:diagnostics_channel'
 import { performance } from 'node:perf_hooks'
 import { SSO_ERROR_STATUS, SsoError, type SsoErrorCode } from './errors.js'
-import type { CredentialKind } from './session/claims.js'
 
 export const diagnosticsChannels = {
   login: 'fastify-clearml-keycloak:login',
@@ -55,6 +54,9 @@ export type JwksFetchReason = 'initial' | 'max_age' | 'unknown_kid'
 export interface JwksFetchEvent {
   reason: JwksFetchReason
 }
+
+/** Which kind of credential a request presented (SPEC section 10): a ClearML session, or a Keycloak access token. */
+export type CredentialKind = 'session' | 'keycloak'
 
 /** A request `authenticate` refused; `credential` is the kind of credential presented, when there was one. */
 export interface AuthRefusedEvent {

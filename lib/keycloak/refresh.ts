@@ -11,27 +11,17 @@
  * or a 5xx says nothing at all (keep the session, try again later).
  */
 import { SsoError } from '../errors.js'
+import type { RefreshAnswer } from '../session/revalidation.js'
 import { basicAuthorization, loggableOAuthError } from './oidc-client.js'
 import { callJson, isJsonObject } from './http.js'
+
+export type { RefreshAnswer }
 
 export interface ClientCredentials {
   clientId: string
   clientSecret: string
   timeoutMs: number
 }
-
-export type RefreshAnswer =
-  /** Keycloak confirmed the session: new tokens (a refresh token when it rotates or re-issues one). */
-  | { kind: 'ok', accessToken: string, idToken?: string, refreshToken?: string }
-  /** `invalid_grant`: Keycloak refuses the session; `reason` is its `error_description`, for the log. */
-  | { kind: 'refused', reason: string }
-  /** Keycloak refused the client, or answered something a token endpoint does not: a setup problem. */
-  | { kind: 'misconfigured', reason: string }
-  /**
-   * No usable answer (unreachable, timed out, 5xx, oversized). `answered` is false when the request
-   * may have reached Keycloak without its answer reaching us: the token's fate is then unknown.
-   */
-  | { kind: 'unavailable', reason: string, answered: boolean }
 
 /** Keycloak's `error_description` for the log: bounded, on one line. It names a condition, never a token. */
 export function loggableDescription (description: unknown): string {

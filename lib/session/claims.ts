@@ -3,6 +3,7 @@
  * 10) and the identity `authenticate` builds from a credential (SPEC sections 7 and 10). Types and one
  * key name only, so the session service and the token verifier both take them from here.
  */
+import type { CredentialKind } from '../diagnostics.js'
 import type { Role } from '../directory/user-directory.js'
 
 export interface SessionIdentity {
@@ -26,8 +27,8 @@ export interface SessionClaims {
   exp: number
 }
 
-/** Which kind of credential a request presented (SPEC section 10). */
-export type CredentialKind = 'session' | 'keycloak'
+// Which kind of credential a request presented (SPEC section 10); events name it too.
+export type { CredentialKind }
 
 /**
  * What `authenticate` puts on `request.clearmlIdentity`: the identity, the session id (a Keycloak

@@ -25,11 +25,27 @@
 import type { FastifyBaseLogger } from 'fastify'
 import { performance } from 'node:perf_hooks'
 import { publishRevalidate, revalidateObserved, type RevalidateEvent } from '../diagnostics.js'
-import type { RefreshAnswer } from '../keycloak/refresh.js'
 import type { SessionIdentity } from './claims.js'
 import type { RefreshKey, RefreshState, SessionFollowStore } from './follow-store.js'
 import type { RevisionSigner, ServerSealer } from './sealed.js'
 import type { VerifiedSession } from './sessions.js'
+
+/**
+ * What a refresh at Keycloak answered, sorted by what it means for the session
+ * (`lib/keycloak/refresh.ts` makes it; it is defined here, where it is acted on).
+ */
+export type RefreshAnswer =
+  /** Keycloak confirmed the session: new tokens (a refresh token when it rotates or re-issues one). */
+  | { kind: 'ok', accessToken: string, idToken?: string, refreshToken?: string }
+  /** `invalid_grant`: Keycloak refuses the session; `reason` is its `error_description`, for the log. */
+  | { kind: 'refused', reason: string }
+  /** Keycloak refused the client, or answered something a token endpoint does not: a setup problem. */
+  | { kind: 'misconfigured', reason: string }
+  /**
+   * No usable answer (unreachable, timed out, 5xx, oversized). `answered` is false when the request
+   * may have reached Keycloak without its answer reaching us: the token's fate is then unknown.
+   */
+  | { kind: 'unavailable', reason: string, answered: boolean }
 
 /** What a revalidation made of Keycloak's new tokens (`KeycloakSso` verifies them and runs the login's rules). */
 export type Confirmation =
