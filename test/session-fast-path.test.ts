@@ -11,7 +11,7 @@ import fc from 'fast-check'
 import { createHmac, webcrypto } from 'node:crypto'
 import { isDeepStrictEqual } from 'node:util'
 import Fastify from 'fastify'
-import { base64url, jwtVerify } from 'jose'
+import { base64url, jwtVerify, SignJWT } from 'jose'
 import { decodeSegment, epochSeconds, isSessionClaims, SessionTokenVerifier } from '../lib/session/token-verifier.js'
 import { ADMISSION_WHEN_FULL, CredentialCache } from '../lib/session/credential-cache.js'
 import { DEFAULT_SESSION_CACHE_MAX, SessionTokens, type VerifiedSession } from '../lib/session/sessions.js'
@@ -645,7 +645,49 @@ t.test('session tokens: sessions that follow Keycloak pass the gate; revisions r
   await revocations.revise('p-1', { version: 3, identity: { ...demoted, role: 'annotator' }, mac: 'm' }, later)
   t.equal(sessions.cached(plain.token)!.identity.role, 'annotator', 'a newer version, a new identity')
   genuine = false
-  await revocations.revise('p-1', { version: 4, identity: { ...demoted, role: 'admin' }, mac: 'forged' }, later)
+  await revocations.revise('p-1', { version: 4, identity: { ...demoted, role: 'superuser' }, mac: 'forged' }, later)
   t.equal(sessions.cached(plain.token)!.identity.role, 'admin', 'a revision that is not genuine: the token\'s own identity')
   t.equal(sessions.cached(plain.token)!.identity, sessions.cached(plain.token)!.identity, 'decided once for that version')
+
+  // The slow path asks the gate only of sessions that follow Keycloak, as the fast path does.
+  admitted.length = 0
+  t.ok(await sessions.verify(plain.token))
+  t.strictSame(admitted, [], 'verify: a session that does not follow Keycloak never asks the gate')
+
+  // A session token of ClearML's own apiserver (no sso claim), signed with the same secret.
+  const native = await new SignJWT({ auth_type: 'Bearer', identity: { company: 'c', user: 'u9', user_name: 'N', role: 'user', company_name: 'C' }, session_id: 'n-1' })
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setIssuedAt().setExpirationTime('1h').sign(new TextEncoder().encode(SECRET))
+  t.ok(sessions.cached(native), 'a session without an sso claim passes, and never asks the gate')
+  t.ok(await sessions.verify(native))
+  t.strictSame(admitted, [])
+})
+
+t.test('session tokens: without revalidation, a session whose token says it follows Keycloak is simply a session', async (t) => {
+  const sessions = new SessionTokens({ secret: SECRET, lifetimeSec: 3600, revocations: new MemoryRevocationStore() })
+  const { token } = await sessions.issue({ id: 'u1', company: 'c', name: 'Ann', role: 'user' }, { id: 'c', name: 'C' }, 'f-2', 'kc', 'user')
+  t.ok(sessions.cached(token), 'accepted on the fast path')
+  t.ok(await sessions.verify(token), 'and on the slow one')
+})
+
+t.test('session tokens: presented again and again on the slow path, a session holds one place in the cache', async (t) => {
+  // Every admission of a full cache succeeds: evictions are then in order, and a session held
+  // twice would show as a cache larger than its bound.
+  t.capture(Math, 'random', () => 0)
+  const sessions = new SessionTokens({ secret: SECRET, lifetimeSec: 3600, revocations: new MemoryRevocationStore(), cacheMax: 2 })
+  const issue = async (id: string): Promise<string> => (await sessions.issue({ id: 'u1', company: 'c', name: 'Ann', role: 'user' }, { id: 'c', name: 'C' }, id, undefined)).token
+  const [a, b, c, d] = [await issue('a'), await issue('b'), await issue('c'), await issue('d')]
+  for (const token of [a, a, a, b, c, d]) t.ok(await sessions.verify(token))
+  t.equal(sessions.cacheSize, 2, 'never more than its bound')
+})
+
+t.test('session tokens: an expired session found in the cache by the fast path is let go', async (t) => {
+  let clock = 1_800_000_000
+  t.capture(Date, 'now', () => clock * 1000)
+  const sessions = new SessionTokens({ secret: SECRET, lifetimeSec: 100, revocations: new MemoryRevocationStore() })
+  const { token } = await sessions.issue({ id: 'u1', company: 'c', name: 'Ann', role: 'user' }, { id: 'c', name: 'C' }, 'e-1', undefined)
+  t.ok(sessions.cached(token))
+  t.ok(sessions.isCached(token))
+  clock += 100
+  t.equal(sessions.cached(token), null, 'expired')
+  t.notOk(sessions.isCached(token), 'and let go')
 })
