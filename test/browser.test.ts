@@ -133,3 +133,62 @@ t.test('ClearML\'s web app served by the example host: a page load goes to Keycl
   t.equal(await page.textContent('#app'), 'ClearML at /projects/p1/experiments?tab=info')
   t.equal(await page.evaluate('document.cookie'), '', 'the session stays HttpOnly')
 })
+
+t.test('a session that ends while the web app is open: its in-app move to /login becomes a page load, Keycloak, and back to the page', async (t) => {
+  const build = fakeWebappBuild()
+  const host = await startWebappHost({ webappDir: build.dir, logger: false })
+  const context = await browser.newContext()
+  t.teardown(async () => {
+    await context.close()
+    await host.close()
+    build.remove()
+  })
+  const page = await context.newPage()
+  const pageLoads: string[] = []
+  page.on('request', (request) => {
+    if (request.isNavigationRequest() && request.frame() === page.mainFrame()) pageLoads.push(new URL(request.url()).pathname)
+  })
+  await page.goto(`${host.url}/projects/p1?tab=info`)
+  await page.fill('#username', 'bob')
+  await page.fill('#password', 'bob')
+  await page.click('#kc-login')
+  await page.waitForSelector('#projects')
+
+  // Moves the host's script must leave alone: the page notices a reload by losing the marker.
+  const stillSamePage = async (move: string): Promise<boolean> => {
+    await page.evaluate(`window.sameDocument = true; ${move}`)
+    await page.waitForTimeout(500)
+    return await page.evaluate('window.sameDocument === true')
+  }
+  t.ok(await stillSamePage('history.pushState(null, "", "/projects/p2")'), 'a move between pages: no reload')
+  t.ok(await stillSamePage('history.pushState(null, "", "/login?sso_error=idp_error")'), 'a move to a refusal\'s page: no reload')
+  t.ok(await stillSamePage('history.replaceState(null, "", "/login?redirect=%2Fx")'), 'the login page replacing its own address: no reload')
+  await page.goto(`${host.url}/projects/p1?tab=info`)
+  await page.waitForSelector('#projects')
+
+  // Logged out in another tab: the cookie is gone, the web app's next call answers 401.
+  const logout = await context.request.post(`${host.url}/api/login.logout`, { data: {} })
+  t.equal(logout.status(), 200)
+  pageLoads.length = 0
+  await page.click('#projects')
+  await page.waitForSelector('#kc-login, #user-name')
+  if (await page.$('#kc-login') !== null) {
+    await page.fill('#username', 'bob')
+    await page.fill('#password', 'bob')
+    await page.click('#kc-login')
+  }
+  await page.waitForSelector('#user-name')
+  t.equal(pageLoads[0], '/login', 'the in-app move to /login became a page load')
+  t.ok(pageLoads.includes('/api/login/keycloak'), 'which requireLogin sent to Keycloak')
+  t.equal(page.url(), `${host.url}/projects/p1?tab=info`, 'back on the page the session ended on, with its query')
+  t.equal(await page.textContent('#user-name'), 'Bob Brown')
+
+  // Ended again within ten seconds: the empty login page, not a loop of reloads.
+  await context.request.post(`${host.url}/api/login.logout`, { data: {} })
+  pageLoads.length = 0
+  await page.click('#projects')
+  await page.waitForSelector('#in-app-login')
+  await page.waitForTimeout(1000)
+  t.same(pageLoads, [], 'no second reload within ten seconds')
+  t.equal(new URL(page.url()).pathname, '/login')
+})

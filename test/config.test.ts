@@ -321,6 +321,8 @@ t.test('overrides from code are merged over the environment and validated alike'
   t.strictSame(problems({ groups: { enabled: 'yes' } }), ['config.groups.enabled must be boolean'], 'an error inside a section names the setting')
   t.strictSame(problems({ claims: { email: '' } }), ['config.claims.email must not have fewer than 1 characters'])
   t.strictSame(problems({ groups: { admins: ['kc-admins', 1, 2] } }), ['config.groups.admins must be string'], 'one problem per setting, however many items are wrong')
+  t.strictSame(problems({ session: { follows: 'forever' } }), ['config.session.follows must be one of "user", "sso_session"'], 'a setting of a few words names them')
+  t.strictSame(problems({ adminRole: 42 }), ['config.adminRole must be string'], 'a setting that is a name or null is not a choice of words')
   try {
     loadConfig({ ...minimal, [`${KC}groups__enabled`]: '1' }, { idpLogout: 'yes' } as object)
     t.fail('should throw')

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { mapClaims } from '../index.js'
-import { claimAt } from '../lib/rules/identity.js'
+import { claimAt, looksLikeIdentity } from '../lib/rules/identity.js'
 import { testConfig } from './helpers/config.js'
 
 const config = testConfig()
@@ -98,4 +98,19 @@ t.test('groups from groups.claim: list or single name, empties and duplicates dr
   t.strictSame(mapClaims(config, { sub: 's', groups: 'solo' }).groups, ['solo'])
   t.strictSame(mapClaims(config, { sub: 's' }).groups, [])
   t.strictSame(mapClaims(testConfig({ groups: { claim: 'org.teams' } }), { sub: 's', org: { teams: ['x'] } }).groups, ['x'])
+})
+
+t.test('explain tells an identity a host built from claims to map: all four of its typed fields, or claims', async (t) => {
+  const identity = mapClaims(config, keycloakAccessToken)
+  t.equal(looksLikeIdentity(identity), true, 'what mapClaims returns is an identity')
+  t.equal(looksLikeIdentity(keycloakAccessToken), false, 'Keycloak claims are claims')
+  // Claims that happen to carry some of an identity's names are still claims: each typed field decides.
+  const { subject, groups, roles, emailVerified } = identity
+  t.equal(looksLikeIdentity({ ...keycloakAccessToken, groups, roles, emailVerified }), false, 'no subject')
+  t.equal(looksLikeIdentity({ ...keycloakAccessToken, subject: 42, groups, roles, emailVerified }), false, 'a subject that is not a string')
+  t.equal(looksLikeIdentity({ ...keycloakAccessToken, subject, groups: '/ml-team', roles, emailVerified }), false, 'groups not a list')
+  t.equal(looksLikeIdentity({ ...keycloakAccessToken, subject, groups, roles: 'admin', emailVerified }), false, 'roles not a list')
+  t.equal(looksLikeIdentity({ ...keycloakAccessToken, subject, groups, roles }), false, 'no emailVerified')
+  t.equal(looksLikeIdentity({ ...keycloakAccessToken, subject, groups, roles, emailVerified: 'true' }), false, 'emailVerified not a boolean')
+  t.equal(looksLikeIdentity({ ...identity, emailVerified: false }), true, 'an unverified identity is an identity')
 })

@@ -11,7 +11,7 @@ import clearmlKeycloak, { MemoryDirectory, SsoError, type ClearmlKeycloakOptions
 import { CLIENT_SECRET, KC, seedAcme, startStack, TOKEN_SECRET, type Stack } from './helpers/stack.js'
 import { UserAgent } from './helpers/user-agent.js'
 import { fakeWebappBuild } from './helpers/fake-webapp.js'
-import { startWebappHost, webappBuild } from '../examples/clearml-webapp/server.js'
+import { startWebappHost, webappBuild, withScript } from '../examples/clearml-webapp/server.js'
 
 /** The web app's version segment; the SDK's is `/v2.31`. */
 const WEBAPP = '/v999.0'
@@ -415,6 +415,12 @@ t.test('the example host: a web app build behind requireLogin, its configuration
   const landed = await browser.submitLogin(form, 'alice', 'alice', { headers: NAVIGATION })
   t.equal(landed.url, `${host.url}/projects/p1?tab=x`)
   t.match(landed.body, /<script src="assets\/app.js">/, 'the web app\'s index.html')
+  t.match(landed.body, /<script src="\/sso-reload.js"><\/script><\/head>/, 'with the host\'s script at the end of its head, before the web app\'s own')
+  const reloadScript = await new UserAgent({ browser: true }).request(`${host.url}/sso-reload.js`)
+  t.equal(reloadScript.status, 200, 'the host\'s script is public: it runs on the web app\'s login page')
+  t.match(reloadScript.headers.get('content-type'), /^text\/javascript/)
+  t.match(reloadScript.body, /history\[method\]/)
+  t.equal(withScript('<p>no head</p>', '/s.js'), '<script src="/s.js"></script><p>no head</p>', 'a page without a head gets it first')
   t.equal(landed.hops.at(-1)?.setCookies.length, 0)
 
   const modes = await call(browser, `${host.url}/api${WEBAPP}/login.supported_modes`)

@@ -17,6 +17,9 @@
  * - `users.get_current_user`, `users.get_preferences` and `server.report_stats_option`, behind
  *   `authenticate`, versioned too; any other API call answers 401 without a session (the web app
  *   then goes to its login page) and 404 in the envelope with one: this host is not an apiserver;
+ * - `index.html` gets one script of the host's (`sso-reload.js`): when a session ends while the web
+ *   app is open, the web app moves to an empty `/login?redirect=<page>` inside the page; the script
+ *   makes that a page load, which `requireLogin` sends to Keycloak and back to `<page>`;
  * - a refused login lands on `/login?sso_error=<code>`, where the web app in SSO-only mode shows
  *   nothing: the host shows the reason there instead, with a link to try again.
  */
@@ -36,6 +39,16 @@ import { escapeHtml, page } from '../demo/page.js'
 export const API_PREFIX = '/api'
 /** ClearML clients put `/v<major>.<minor>` before every endpoint (the web app `/v999.0`). */
 const VERSIONED = '/:apiVersion(^v\\d{1,3}\\.\\d{1,3}$)'
+
+/** The host's script on every page of the web app (examples/clearml-webapp/sso-reload.js). */
+export const SSO_RELOAD_PATH = '/sso-reload.js'
+
+/** `html` with a script tag for `src` at the end of its head (or first, for a page without one), before the web app's own. */
+export function withScript (html: string, src: string): string {
+  const tag = `<script src="${src}"></script>`
+  const head = html.search(/<\/head\s*>/i)
+  return head === -1 ? tag + html : html.slice(0, head) + tag + html.slice(head)
+}
 
 /** The build directory, checked: the web app's `index.html` must be in it. */
 export function webappBuild (dir: string | undefined): string {
@@ -113,6 +126,12 @@ export async function buildWebappHost (options: {
   const buildConfiguration = existsSync(join(root, 'configuration.json')) ? JSON.parse(readFileSync(join(root, 'configuration.json'), 'utf8')) as Record<string, unknown> : {}
   app.get('/configuration.json', async () => ({ ...buildConfiguration, apiBaseUrl: API_PREFIX }))
 
+  // The page the web app starts from, with the host's one script: a session that ends while the web
+  // app is open then becomes a page load of /login, which requireLogin sends to Keycloak (sso-reload.js).
+  const indexHtml = withScript(readFileSync(join(root, 'index.html'), 'utf8'), SSO_RELOAD_PATH)
+  const ssoReload = readFileSync(fileURLToPath(new URL('sso-reload.js', import.meta.url)), 'utf8')
+  app.get(SSO_RELOAD_PATH, async (request, reply) => await reply.type('text/javascript').header('cache-control', 'no-cache').send(ssoReload))
+
   app.setNotFoundHandler({ preHandler: app.keycloak.requireLogin }, async (request, reply) => {
     if (request.method !== 'GET' && request.method !== 'HEAD') return await reply.code(404).send({ error: 'not_found' })
     const [path, query] = request.url.split('?', 2)
@@ -124,7 +143,7 @@ export async function buildWebappHost (options: {
         <p>The server log says why, and what to change.</p>
         <p><a class="button" id="login-keycloak" href="${API_PREFIX}/login/keycloak">Log in again</a></p>`))
     }
-    return await reply.header('cache-control', 'no-store').sendFile('index.html', { cacheControl: false })
+    return await reply.header('cache-control', 'no-store').type('text/html; charset=utf-8').send(indexHtml)
   })
   return app
 }

@@ -3,7 +3,9 @@
  * open-source web app 2.0 starts (FACTS, "The ClearML web app"): `configuration.json`, then
  * `POST <apiBaseUrl>/v999.0/login.supported_modes {}` with the cookie only, reading `data.basic.enabled`
  * without a guard, then, when authenticated, `users.get_current_user {get_supported_features: true}`,
- * `users.get_preferences` and `server.report_stats_option`. No code of the web app.
+ * `users.get_preferences` and `server.report_stats_option`; once started, a 401 moves it to
+ * `/login?redirect=<page>` inside the page (`history.replaceState`), as the web app's interceptor does.
+ * No code of the web app.
  */
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -19,8 +21,15 @@ const APP = `(async () => {
   const config = await (await fetch('configuration.json')).json()
   const api = async (endpoint, body) => {
     const answer = await fetch(config.apiBaseUrl + '/v999.0/' + endpoint, { method: 'POST', credentials: 'include', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+    // As the web app's interceptor does on a 401 once started: to its login page inside the page, no page load.
+    if (answer.status === 401 && started) {
+      document.getElementById('app').textContent = ''
+      history.replaceState(history.state, '', '/login?redirect=' + encodeURIComponent(location.pathname + location.search))
+      show('in-app-login', location.pathname + location.search)
+    }
     return (await answer.json()).data
   }
+  let started = false
   const modes = await api('login.supported_modes', {})
   // As the web app does: no guard.
   const mode = modes.basic.enabled ? 'password' : modes.sso_providers.length > 0 ? 'ssoOnly' : 'simple'
@@ -32,6 +41,13 @@ const APP = `(async () => {
   await api('server.report_stats_option', {})
   show('user-name', current.user.name)
   document.getElementById('app').textContent = 'ClearML at ' + location.pathname + location.search
+  started = true
+  // A page of the web app that calls the API when clicked (the host answers it 404 with a session, 401 without).
+  const projects = document.createElement('button')
+  projects.id = 'projects'
+  projects.textContent = 'Projects'
+  projects.onclick = () => { api('projects.get_all_ex', {}) }
+  document.body.append(projects)
 })()
 `
 
