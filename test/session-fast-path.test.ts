@@ -603,6 +603,7 @@ t.test('session tokens: sessions that follow Keycloak pass the gate; revisions r
   const settled: string[] = []
   let admit = true
   let genuine = true
+  let macChecks = 0
   const sessions = new SessionTokens({
     secret: SECRET,
     lifetimeSec: 3600,
@@ -610,7 +611,7 @@ t.test('session tokens: sessions that follow Keycloak pass the gate; revisions r
     follow: {
       gate: { admit: (session) => { admitted.push(session.claims.session_id); return admit }, settle: async (session) => { settled.push(session.claims.session_id) } },
       revisions: revocations,
-      genuine: () => genuine
+      genuine: () => { macChecks++; return genuine }
     }
   })
   const user = { id: 'u1', company: 'c', name: 'Ann', role: 'admin' }
@@ -647,7 +648,9 @@ t.test('session tokens: sessions that follow Keycloak pass the gate; revisions r
   genuine = false
   await revocations.revise('p-1', { version: 4, identity: { ...demoted, role: 'superuser' }, mac: 'forged' }, later)
   t.equal(sessions.cached(plain.token)!.identity.role, 'admin', 'a revision that is not genuine: the token\'s own identity')
+  const checksBefore = macChecks
   t.equal(sessions.cached(plain.token)!.identity, sessions.cached(plain.token)!.identity, 'decided once for that version')
+  t.equal(macChecks, checksBefore, 'its MAC is not checked again on every request')
 
   // The slow path asks the gate only of sessions that follow Keycloak, as the fast path does.
   admitted.length = 0
