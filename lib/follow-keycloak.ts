@@ -12,10 +12,10 @@ import { SsoError } from './errors.js'
 import type { ProviderEndpoints } from './keycloak/discovery.js'
 import { fetchUserinfo } from './keycloak/oidc-client.js'
 import { refreshTokens, revokeRefreshToken, type ClientCredentials, type RefreshAnswer } from './keycloak/refresh.js'
-import { verifyAccessToken, verifyIdToken, type VerifyOptions } from './keycloak/tokens.js'
+import { SubjectMismatch, verifyAccessToken, verifyIdToken, type VerifyOptions } from './keycloak/tokens.js'
 import { claimAt, mapClaims, type Claims } from './rules/identity.js'
 import { applyLoginPlan, planLogin, PROVIDER } from './rules/login.js'
-import { sessionEndedKey, type SessionFollows, type SessionIdentity } from './session/claims.js'
+import { sessionEndedKey, sessionIdentity, type SessionFollows } from './session/claims.js'
 import { followsSessions, type RefreshKey, type SessionFollowStore } from './session/follow-store.js'
 import { MemoryFollowStore } from './session/memory-follow-store.js'
 import { REFRESH_PURPOSE, SessionRevalidation, type Confirmation } from './session/revalidation.js'
@@ -169,7 +169,7 @@ export class KeycloakFollowing {
         claims = { ...await idClaims(), ...info }
       }
     } catch (err) {
-      if (err instanceof SsoError && err.message.includes('sub differs')) return { kind: 'ended', reason: 'Keycloak answered the refresh for another user' }
+      if (err instanceof SubjectMismatch) return { kind: 'ended', reason: 'Keycloak answered the refresh for another user' }
       return { kind: 'unconfirmed', reason: (err as Error).message }
     }
     try {
@@ -180,7 +180,7 @@ export class KeycloakFollowing {
       }
       if (plan.refusal !== undefined) return { kind: 'ended', reason: plan.refusal.reason }
       const result = await applyLoginPlan(directory, plan)
-      const next: SessionIdentity = { company: result.company.id, user: result.user.id, user_name: result.user.name, role: result.user.role, company_name: result.company.name }
+      const next = sessionIdentity(result.user, result.company)
       // What followed Keycloak, for the log and the event: the role, the groups, the profile fields.
       const changed: string[] = []
       if (next.role !== session.identity.role) changed.push('role')

@@ -20,6 +20,7 @@ import { pkceChallenge, randomToken, timingSafeEqualText } from './crypto.js'
 import { MemoryRevocationStore, OnceClaims, type RevocationStore } from './session/revocations.js'
 import { Sealer } from './session/sealed.js'
 import { keycloakSessionKey } from './session/claims.js'
+import { refreshKey } from './session/follow-store.js'
 import { SessionTokens, type VerifiedSession } from './session/sessions.js'
 import { slotForNewLogin, TransactionCodec, type LoginTransaction } from './session/transaction.js'
 import { verifyAccessToken, verifyIdToken, verifyLogoutToken, type VerifyOptions } from './keycloak/tokens.js'
@@ -282,7 +283,7 @@ export class KeycloakSso {
       return { token, sessionId, expiresAt }
     }
     const sessionId = this.sessions.newSessionId()
-    const follows = await this.following?.keep(sid === undefined ? { session: sessionId } : { session: sessionId, keycloakSession: sid }, subject, refreshToken, this.sessions.expiresAt())
+    const follows = await this.following?.keep(refreshKey(sessionId, sid), subject, refreshToken, this.sessions.expiresAt())
     return await this.sessions.issue(result.user, result.company, sessionId, sid, follows)
   }
 
@@ -372,7 +373,7 @@ export class KeycloakSso {
       const { session_id: sessionId, exp, sso } = session.claims
       const owner = session.identity.user
       await this.#revocations.revoke(sessionId, exp, owner)
-      if (sso?.follows !== undefined) await this.following?.forget(sso.sid === undefined ? { session: sessionId } : { session: sessionId, keycloakSession: sso.sid })
+      if (sso?.follows !== undefined) await this.following?.forget(refreshKey(sessionId, sso.sid))
       if (this.config.idpLogout && sso?.sid !== undefined) {
         // The user ends the Keycloak session: every ClearML session and Keycloak token of it ends
         // here at once, as Keycloak's back-channel call would do. That call may never come: revoking

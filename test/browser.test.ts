@@ -3,11 +3,11 @@
  * of every demo user, checks what the page shows, logs out of ClearML and Keycloak, and saves the
  * screenshots the README shows.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { existsSync } from 'node:fs'
-import { chromium, type Browser, type Page } from 'playwright-core'
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
 import { startDemo } from '../examples/demo/server.js'
-import { startWebappHost } from '../examples/clearml-webapp/server.js'
+import { startWebappHost, type WebappHost } from '../examples/clearml-webapp/server.js'
 import { fakeWebappBuild } from './helpers/fake-webapp.js'
 
 const executablePath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
@@ -110,7 +110,8 @@ t.test('a refusal is shown on the login page: a wrong password stays at the prov
   t.equal(await cancelled.textContent('#sso-error code'), 'idp_error', 'a cancelled login lands on /login with its code')
 })
 
-t.test('ClearML\'s web app served by the example host: a page load goes to Keycloak and comes back to that page, logged in', async (t) => {
+/** The example web app host serving a fake build, and a page of a fresh browser context; all closed after the test. */
+async function webappHostPage (t: Test): Promise<{ host: WebappHost, context: BrowserContext, page: Page }> {
   const build = fakeWebappBuild()
   const host = await startWebappHost({ webappDir: build.dir, logger: false })
   const context = await browser.newContext()
@@ -119,7 +120,11 @@ t.test('ClearML\'s web app served by the example host: a page load goes to Keycl
     await host.close()
     build.remove()
   })
-  const page = await context.newPage()
+  return { host, context, page: await context.newPage() }
+}
+
+t.test('ClearML\'s web app served by the example host: a page load goes to Keycloak and comes back to that page, logged in', async (t) => {
+  const { host, page } = await webappHostPage(t)
   await page.goto(`${host.url}/projects/p1/experiments?tab=info`)
   await page.waitForSelector('#kc-login')
   t.equal(new URL(page.url()).origin, new URL(host.idp.issuer).origin, 'no session: the page load ends on Keycloak\'s form')
@@ -135,15 +140,7 @@ t.test('ClearML\'s web app served by the example host: a page load goes to Keycl
 })
 
 t.test('a session that ends while the web app is open: its in-app move to /login becomes a page load, Keycloak, and back to the page', async (t) => {
-  const build = fakeWebappBuild()
-  const host = await startWebappHost({ webappDir: build.dir, logger: false })
-  const context = await browser.newContext()
-  t.teardown(async () => {
-    await context.close()
-    await host.close()
-    build.remove()
-  })
-  const page = await context.newPage()
+  const { host, context, page } = await webappHostPage(t)
   const pageLoads: string[] = []
   page.on('request', (request) => {
     if (request.isNavigationRequest() && request.frame() === page.mainFrame()) pageLoads.push(new URL(request.url()).pathname)

@@ -4,7 +4,7 @@
  */
 import { settingName } from '../config/settings.js'
 import { SsoError } from '../errors.js'
-import { callJson, isJsonObject } from './http.js'
+import { callJson, isJsonObject, type HttpAnswer } from './http.js'
 
 export interface TokenSet {
   idToken: string
@@ -17,6 +17,28 @@ export interface TokenSet {
 export function basicAuthorization (clientId: string, clientSecret: string): string {
   const encode = (value: string): string => encodeURIComponent(value).replace(/%20/g, '+')
   return 'Basic ' + Buffer.from(`${encode(clientId)}:${encode(clientSecret)}`).toString('base64')
+}
+
+/** How the plugin authenticates to Keycloak's endpoints, and how long it waits for them. */
+export interface ClientCredentials {
+  clientId: string
+  clientSecret: string
+  timeoutMs: number
+}
+
+/** A form POST to one of Keycloak's endpoints, authenticated as the client (client_secret_basic). */
+export async function postClientForm (url: string, what: string, client: ClientCredentials, form: Record<string, string>): Promise<HttpAnswer> {
+  return await callJson(url, {
+    method: 'POST',
+    timeoutMs: client.timeoutMs,
+    what,
+    headers: {
+      authorization: basicAuthorization(client.clientId, client.clientSecret),
+      'content-type': 'application/x-www-form-urlencoded',
+      accept: 'application/json'
+    },
+    body: new URLSearchParams(form).toString()
+  })
 }
 
 /** An OAuth `error` value for the log: kept only when it looks like an OAuth error code. */
@@ -51,21 +73,11 @@ export async function exchangeCode (options: {
   verifier: string
   timeoutMs: number
 }): Promise<TokenSet> {
-  const answer = await callJson(options.tokenEndpoint, {
-    method: 'POST',
-    timeoutMs: options.timeoutMs,
-    what: 'token endpoint',
-    headers: {
-      authorization: basicAuthorization(options.clientId, options.clientSecret),
-      'content-type': 'application/x-www-form-urlencoded',
-      accept: 'application/json'
-    },
-    body: new URLSearchParams({
-      grant_type: 'authorization_code',
-      code: options.code,
-      redirect_uri: options.redirectUri,
-      code_verifier: options.verifier
-    }).toString()
+  const answer = await postClientForm(options.tokenEndpoint, 'token endpoint', options, {
+    grant_type: 'authorization_code',
+    code: options.code,
+    redirect_uri: options.redirectUri,
+    code_verifier: options.verifier
   })
   if (answer.status >= 500) throw new SsoError('idp_unavailable', `token endpoint answered HTTP ${answer.status}`)
   if (answer.status !== 200) throw new SsoError('token_exchange_failed', `token endpoint refused the code: HTTP ${answer.status}, error ${describeOAuthError(isJsonObject(answer.body) ? answer.body.error : undefined)}`)

@@ -12,16 +12,10 @@
  */
 import { SsoError } from '../errors.js'
 import type { RefreshAnswer } from '../session/revalidation.js'
-import { basicAuthorization, loggableOAuthError } from './oidc-client.js'
-import { callJson, isJsonObject } from './http.js'
+import { loggableOAuthError, postClientForm, type ClientCredentials } from './oidc-client.js'
+import { isJsonObject } from './http.js'
 
-export type { RefreshAnswer }
-
-export interface ClientCredentials {
-  clientId: string
-  clientSecret: string
-  timeoutMs: number
-}
+export type { ClientCredentials, RefreshAnswer }
 
 /** Keycloak's `error_description` for the log: bounded, on one line. It names a condition, never a token. */
 export function loggableDescription (description: unknown): string {
@@ -34,17 +28,7 @@ export function loggableDescription (description: unknown): string {
 export async function refreshTokens (tokenEndpoint: string, refreshToken: string, client: ClientCredentials): Promise<RefreshAnswer> {
   let answer
   try {
-    answer = await callJson(tokenEndpoint, {
-      method: 'POST',
-      timeoutMs: client.timeoutMs,
-      what: 'token endpoint',
-      headers: {
-        authorization: basicAuthorization(client.clientId, client.clientSecret),
-        'content-type': 'application/x-www-form-urlencoded',
-        accept: 'application/json'
-      },
-      body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken }).toString()
-    })
+    answer = await postClientForm(tokenEndpoint, 'token endpoint', client, { grant_type: 'refresh_token', refresh_token: refreshToken })
   } catch (err) {
     // callJson throws only `idp_unavailable`: unreachable, timed out, or an answer over the size cap.
     return { kind: 'unavailable', reason: (err as SsoError).message, answered: false }
@@ -74,17 +58,7 @@ export async function refreshTokens (tokenEndpoint: string, refreshToken: string
  * Keycloak does not take it; the caller logs and moves on, as a logout must not wait on Keycloak.
  */
 export async function revokeRefreshToken (revocationEndpoint: string, refreshToken: string, client: ClientCredentials): Promise<void> {
-  const answer = await callJson(revocationEndpoint, {
-    method: 'POST',
-    timeoutMs: client.timeoutMs,
-    what: 'revocation endpoint',
-    headers: {
-      authorization: basicAuthorization(client.clientId, client.clientSecret),
-      'content-type': 'application/x-www-form-urlencoded',
-      accept: 'application/json'
-    },
-    body: new URLSearchParams({ token: refreshToken, token_type_hint: 'refresh_token' }).toString()
-  })
+  const answer = await postClientForm(revocationEndpoint, 'revocation endpoint', client, { token: refreshToken, token_type_hint: 'refresh_token' })
   // RFC 7009 2.2: 200 whether or not the token was known; anything else did not revoke it.
   if (answer.status !== 200) {
     const error = loggableOAuthError(isJsonObject(answer.body) ? answer.body.error : undefined)

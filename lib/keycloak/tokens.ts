@@ -86,6 +86,13 @@ function reject (what: string, reason: string): never {
   throw new SsoError('invalid_token', `${what} rejected: ${reason}`)
 }
 
+/** A token of a refresh answered for another Keycloak user than the session's: the session ends, unlike any other refusal. */
+export class SubjectMismatch extends SsoError {
+  constructor (what: string, reason: string) {
+    super('invalid_token', `${what} rejected: ${reason}`)
+  }
+}
+
 /**
  * The ID token: signature, `iss`, `aud` ∋ client, `azp`, `exp`/`iat`/`sub`, and `nonce` at a login.
  * An ID token from a refresh (`subject`) has the login's `sub` instead (OpenID Connect Core 12.2):
@@ -99,7 +106,7 @@ export async function verifyIdToken (token: string, options: VerifyOptions & ({ 
   if ((claims.azp !== undefined || audiences.length > 1) && claims.azp !== options.clientId) reject('ID token', `azp is not this client (${settingName('clientId')}): a token issued to another client`)
   if (claims.typ !== undefined && claims.typ !== 'ID') reject('ID token', 'typ is not ID')
   if (!('nonce' in options)) {
-    if (claims.sub !== options.subject) reject('ID token', 'sub differs from the session\'s Keycloak user')
+    if (claims.sub !== options.subject) throw new SubjectMismatch('ID token', 'sub differs from the session\'s Keycloak user')
   } else if (typeof claims.nonce !== 'string' || !timingSafeEqualText(claims.nonce, options.nonce)) {
     reject('ID token', 'nonce does not match the login')
   }
@@ -123,7 +130,7 @@ export async function verifyAccessToken (token: string, options: VerifyOptions &
         : `azp is not this client (${settingName('clientId')}) and aud names none of bearer.audiences`)
     }
   }
-  if (options.subject !== undefined && claims.sub !== options.subject) reject('access token', 'sub differs from the ID token')
+  if (options.subject !== undefined && claims.sub !== options.subject) throw new SubjectMismatch('access token', 'sub differs from the ID token')
   return claims
 }
 

@@ -1,10 +1,11 @@
 /**
  * What a ClearML session says about its holder: the claims of the session token (SPEC section 5 step
- * 10) and the identity `authenticate` builds from a credential (SPEC sections 7 and 10). Types and one
- * key name only, so the session service and the token verifier both take them from here.
+ * 10) and the identity `authenticate` builds from a credential (SPEC sections 7 and 10). Types, key
+ * names and the identity of a directory user, so the session service, the token verifier and the
+ * revalidation all take them from here.
  */
 import type { CredentialKind } from '../diagnostics.js'
-import type { Role } from '../directory/user-directory.js'
+import type { Company, DirectoryUser, Role } from '../directory/user-directory.js'
 
 export interface SessionIdentity {
   company: string
@@ -12,6 +13,11 @@ export interface SessionIdentity {
   user_name: string
   role: Role
   company_name: string
+}
+
+/** The identity a session of `user` in `company` carries, at its login and after each revalidation. */
+export function sessionIdentity (user: DirectoryUser, company: Company): SessionIdentity {
+  return { company: company.id, user: user.id, user_name: user.name, role: user.role, company_name: company.name }
 }
 
 /** What a session follows at Keycloak (the `session.follows` setting), when it follows Keycloak at all. */

@@ -24,6 +24,11 @@ export interface RefreshKey {
   keycloakSession?: string
 }
 
+/** The key of a session's refresh state; without a Keycloak session id, none is named (not even `undefined`). */
+export function refreshKey (session: string, keycloakSession: string | undefined): RefreshKey {
+  return keycloakSession === undefined ? { session } : { session, keycloakSession }
+}
+
 export interface RefreshState {
   /** The refresh token, sealed by the plugin. */
   sealed: string

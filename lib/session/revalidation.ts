@@ -26,7 +26,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import { performance } from 'node:perf_hooks'
 import { publishRevalidate, revalidateObserved, type RevalidateEvent } from '../diagnostics.js'
 import type { SessionIdentity } from './claims.js'
-import type { RefreshKey, RefreshState, SessionFollowStore } from './follow-store.js'
+import { refreshKey, type RefreshKey, type RefreshState, type SessionFollowStore } from './follow-store.js'
 import type { RevisionSigner, ServerSealer } from './sealed.js'
 import type { VerifiedSession } from './sessions.js'
 
@@ -97,7 +97,9 @@ const MIN_LEASE_MS = 60_000
 /** While another replica refreshes a session this one must wait for, how often it asks the store. */
 const BUSY_POLL_MS = 50
 
-type Outcome = 'ok' | 'ended' | 'unavailable'
+type Outcome = RevalidateEvent['outcome']
+/** Publishes one revalidation's event (its duration added) and answers its outcome. */
+type Report = (event: Omit<RevalidateEvent, 'durationMs'>) => Outcome
 
 const nowSec = (): number => Date.now() / 1000
 
@@ -233,7 +235,7 @@ export class SessionRevalidation {
 
   async #run (session: VerifiedSession, waiting: boolean): Promise<Outcome> {
     const started = revalidateObserved() ? performance.now() : 0
-    const report = (event: Omit<RevalidateEvent, 'durationMs'>): Outcome => {
+    const report: Report = (event) => {
       if (started !== 0) publishRevalidate({ ...event, durationMs: performance.now() - started })
       return event.outcome
     }
@@ -250,9 +252,9 @@ export class SessionRevalidation {
     }
   }
 
-  async #attempt (session: VerifiedSession, waiting: boolean, report: (event: Omit<RevalidateEvent, 'durationMs'>) => Outcome): Promise<Outcome> {
+  async #attempt (session: VerifiedSession, waiting: boolean, report: Report): Promise<Outcome> {
     const { session_id: sessionId, sso } = session.claims
-    const key: RefreshKey = sso?.sid === undefined ? { session: sessionId } : { session: sessionId, keycloakSession: sso.sid }
+    const key = refreshKey(sessionId, sso?.sid)
     const deadline = performance.now() + this.#options.timeoutMs
     for (;;) {
       const lease = await this.#options.store.leaseRefresh(key, { dueBefore: nowSec() - this.#periodSec, leaseMs: this.#leaseMs })
@@ -281,7 +283,7 @@ export class SessionRevalidation {
   }
 
   /** Presents the leased token, stores what Keycloak returned in the step that ends the lease, then acts on the answer. */
-  async #present (session: VerifiedSession, key: RefreshKey, state: RefreshState, lease: string, report: (event: Omit<RevalidateEvent, 'durationMs'>) => Outcome): Promise<Outcome> {
+  async #present (session: VerifiedSession, key: RefreshKey, state: RefreshState, lease: string, report: Report): Promise<Outcome> {
     const store = this.#options.store
     const opened = this.#open(state, key.session)
     if (opened === undefined) {

@@ -5,8 +5,8 @@
  * nobody else can read or alter them.
  */
 import { EncryptJWT, jwtDecrypt, type JWTPayload } from 'jose'
-import { createCipheriv, createDecipheriv, createHmac, randomBytes, timingSafeEqual, webcrypto } from 'node:crypto'
-import { deriveKey } from '../crypto.js'
+import { createCipheriv, createDecipheriv, createHmac, randomBytes, webcrypto } from 'node:crypto'
+import { deriveKey, timingSafeEqualText } from '../crypto.js'
 import type { SessionRevision } from './follow-store.js'
 
 export class Sealer {
@@ -89,9 +89,6 @@ export class RevisionSigner {
   }
 
   verify (sessionId: string, revision: SessionRevision): boolean {
-    if (typeof revision.mac !== 'string') return false
-    const expected = Buffer.from(this.sign(sessionId, revision))
-    const given = Buffer.from(revision.mac)
-    return given.length === expected.length && timingSafeEqual(given, expected)
+    return typeof revision.mac === 'string' && timingSafeEqualText(revision.mac, this.sign(sessionId, revision))
   }
 }
