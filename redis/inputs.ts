@@ -4,7 +4,7 @@
  */
 import type { RefreshKey, RefreshState, SessionRevision } from '../lib/session/follow-store.js'
 import { RedisStoreError, REDIS_STORE_ERRORS } from './errors.js'
-import { isIdentity, isRevocationId, isVersion } from './layout.js'
+import { isFiniteNumber, isIdentity, isMac, isRevocationId, isVersion } from './layout.js'
 
 function refuse (what: string): never {
   throw new RedisStoreError(REDIS_STORE_ERRORS.input, `RedisRevocationStore: ${what}`)
@@ -15,7 +15,7 @@ export function checkKey (key: unknown, what: string): asserts key is string {
 }
 
 export function checkExpiry (expiresAt: unknown): asserts expiresAt is number {
-  if (typeof expiresAt !== 'number' || !Number.isFinite(expiresAt)) refuse('an expiry must be a finite number of seconds since the epoch')
+  checkSeconds(expiresAt, 'an expiry')
 }
 
 export function checkRefreshKey (key: unknown): asserts key is RefreshKey {
@@ -28,7 +28,7 @@ export function checkRefreshKey (key: unknown): asserts key is RefreshKey {
 export function checkRefreshState (state: unknown): asserts state is RefreshState {
   const { sealed, checkedAt, generation } = (state ?? {}) as Partial<RefreshState>
   if (typeof sealed !== 'string' || sealed === '') refuse('a refresh state must have a sealed token (a non-empty string)')
-  if (typeof checkedAt !== 'number' || !Number.isFinite(checkedAt)) refuse('a refresh state\'s checkedAt must be a finite number of seconds')
+  if (!isFiniteNumber(checkedAt)) refuse('a refresh state\'s checkedAt must be a finite number of seconds')
   if (!isVersion(generation)) refuse('a refresh state\'s generation must be a positive whole number')
 }
 
@@ -36,13 +36,13 @@ export function checkRevision (revision: unknown): asserts revision is SessionRe
   const { version, identity, mac } = (revision ?? {}) as Partial<SessionRevision>
   if (!isVersion(version)) refuse('a revision\'s version must be a positive whole number')
   if (!isIdentity(identity)) refuse('a revision\'s identity must have company, user, user_name, role and company_name as strings')
-  if (mac !== undefined && (typeof mac !== 'string' || !/^[\w-]{1,128}$/.test(mac))) refuse('a revision\'s mac must be base64url text')
+  if (mac !== undefined && !isMac(mac)) refuse('a revision\'s mac must be base64url text')
 }
 
 export function checkDuration (value: unknown, what: string): asserts value is number {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) refuse(`${what} must be a positive number of milliseconds`)
+  if (!isFiniteNumber(value) || value <= 0) refuse(`${what} must be a positive number of milliseconds`)
 }
 
 export function checkSeconds (value: unknown, what: string): asserts value is number {
-  if (typeof value !== 'number' || !Number.isFinite(value)) refuse(`${what} must be a finite number of seconds since the epoch`)
+  if (!isFiniteNumber(value)) refuse(`${what} must be a finite number of seconds since the epoch`)
 }

@@ -145,7 +145,7 @@ export function encodeChanges (changes: Changes): string {
   return JSON.stringify(message)
 }
 
-const isFiniteNumber = (value: unknown): value is number => typeof value === 'number' && Number.isFinite(value)
+export const isFiniteNumber = (value: unknown): value is number => typeof value === 'number' && Number.isFinite(value)
 const isString = (value: unknown): value is string => typeof value === 'string'
 
 export function isIdentity (value: unknown): value is SessionIdentity {
@@ -164,7 +164,7 @@ function isRevisionEntry (entry: unknown): boolean {
 }
 
 /** A revision's MAC as the plugin writes it (base64url). */
-function isMac (value: unknown): value is string {
+export function isMac (value: unknown): value is string {
   return typeof value === 'string' && /^[\w-]{1,128}$/.test(value)
 }
 

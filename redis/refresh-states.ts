@@ -214,14 +214,13 @@ export class RefreshStates {
     checkSeconds(options?.dueBefore, 'dueBefore')
     checkDuration(options.leaseMs, 'leaseMs')
     if (!this.#link.connected() || this.#link.stale()) throw this.#unavailable()
-    const { names } = this.#link
     const lease = randomUUID()
     const args: Array<string | number> = [options.dueBefore, Math.ceil(options.leaseMs), lease, Date.now()]
     const known = this.journal.get(key.session)
     if (known !== undefined) args.push(...this.#stateArgs(known.key, known.state, known.expiresAt))
     let reply: Array<string | null>
     try {
-      reply = await this.#link.bounded(this.#link.redis.eval(LEASE_REFRESH_SCRIPT, 3, names.refresh(key.session), names.epoch, names.keycloakSessionBase, ...args) as Promise<Array<string | null>>)
+      reply = await this.#onSession<Array<string | null>>(LEASE_REFRESH_SCRIPT, key.session, ...args)
     } catch (err) {
       throw this.#unavailable(err)
     }
@@ -295,8 +294,8 @@ export class RefreshStates {
     if (!this.#link.connected()) return local?.state
     const { names, publish } = this.#link
     try {
-      const reply = await this.#link.bounded(this.#link.redis.eval(TAKE_REFRESH_SCRIPT, 3, names.refresh(key.session), names.epoch, names.keycloakSessionBase,
-        publish, names.channel, encodeChanges({ taken: [key.session] }), key.session) as Promise<Array<string | null>>)
+      const reply = await this.#onSession<Array<string | null>>(TAKE_REFRESH_SCRIPT, key.session,
+        publish, names.channel, encodeChanges({ taken: [key.session] }), key.session)
       this.#link.sawEpoch(reply[0])
       // Nothing in Redis: taken elsewhere, or ended. Redis answers for the session; the journal only
       // for its token, when it holds a newer one than Redis (a rotation Redis lost).
@@ -359,6 +358,12 @@ export class RefreshStates {
     return states.length + releases.length + ends.length
   }
 
+  /** One of the scripts on a session's refresh state: its keys are the state, the loss marker and the base of the Keycloak-session sets, in one slot. */
+  async #onSession<T>(script: string, session: string, ...args: Array<string | number>): Promise<T> {
+    const { names } = this.#link
+    return await this.#link.bounded(this.#link.redis.eval(script, 3, names.refresh(session), names.epoch, names.keycloakSessionBase, ...args) as Promise<T>)
+  }
+
   #stateArgs (key: RefreshKey, state: RefreshState, expiresAt: number | undefined): Array<string | number> {
     return [state.sealed, state.checkedAt, state.generation, expiresAt === undefined ? '' : Math.ceil(expiresAt * 1000), key.session, key.keycloakSession ?? '']
   }
@@ -366,8 +371,8 @@ export class RefreshStates {
   async #write (entry: JournalEntry): Promise<void> {
     const { names, publish } = this.#link
     const { key, state, expiresAt } = entry
-    const reply = await this.#link.bounded(this.#link.redis.eval(SAVE_REFRESH_SCRIPT, 3, names.refresh(key.session), names.epoch, names.keycloakSessionBase,
-      publish, names.channel, encodeChanges({ refreshStates: [toEntry(key, state, expiresAt)] }), ...this.#stateArgs(key, state, expiresAt), Date.now()) as Promise<Array<string | null>>)
+    const reply = await this.#onSession<Array<string | null>>(SAVE_REFRESH_SCRIPT, key.session,
+      publish, names.channel, encodeChanges({ refreshStates: [toEntry(key, state, expiresAt)] }), ...this.#stateArgs(key, state, expiresAt), Date.now())
     this.#link.sawEpoch(reply[0])
     this.journal.written(key.session, state.generation)
   }
@@ -375,8 +380,8 @@ export class RefreshStates {
   async #release (key: RefreshKey, lease: string, next: RefreshState | undefined, expiresAt: number | undefined): Promise<boolean> {
     const { names, publish } = this.#link
     const message = next === undefined || expiresAt === undefined ? '' : encodeChanges({ refreshStates: [toEntry(key, next, expiresAt)] })
-    const reply = await this.#link.bounded(this.#link.redis.eval(RELEASE_REFRESH_SCRIPT, 3, names.refresh(key.session), names.epoch, names.keycloakSessionBase,
-      lease, publish, names.channel, message, Date.now(), ...(next === undefined ? [] : this.#stateArgs(key, next, expiresAt))) as Promise<[number, string | null, number]>)
+    const reply = await this.#onSession<[number, string | null, number]>(RELEASE_REFRESH_SCRIPT, key.session,
+      lease, publish, names.channel, message, Date.now(), ...(next === undefined ? [] : this.#stateArgs(key, next, expiresAt)))
     this.#link.sawEpoch(reply[1])
     // No live state (taken by a logout, or ended): the journal must not bring it back at a later
     // lease. Unless the store is out of touch: Redis may have lost the state in a failover, and the
@@ -388,8 +393,8 @@ export class RefreshStates {
 
   async #end (key: RefreshKey, expiresAt: number): Promise<void> {
     const { names, publish } = this.#link
-    const epoch = await this.#link.bounded(this.#link.redis.eval(END_REFRESH_SCRIPT, 3, names.refresh(key.session), names.epoch, names.keycloakSessionBase,
-      publish, names.channel, encodeChanges({ taken: [key.session] }), Math.ceil(expiresAt * 1000), key.session))
+    const epoch = await this.#onSession<unknown>(END_REFRESH_SCRIPT, key.session,
+      publish, names.channel, encodeChanges({ taken: [key.session] }), Math.ceil(expiresAt * 1000), key.session)
     this.#link.sawEpoch(epoch)
   }
 

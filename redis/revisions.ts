@@ -9,12 +9,9 @@ import type { SessionRevision } from '../lib/session/follow-store.js'
 import type { SessionIdentity } from '../lib/session/claims.js'
 import { decodeStoredRevision, encodeChanges, encodeStoredRevision, LOAD_PAGE, WRITE_BATCH, type RevisionEntry } from './layout.js'
 import { WRITE_REVISIONS_SCRIPT } from './scripts.js'
-import { nowSec, type StoreLink } from './store-link.js'
+import { CLOCK_SLACK_SEC, MIN_SWEEP_SIZE, nowSec, type StoreLink } from './store-link.js'
 
 interface Known { version: number, identity: SessionIdentity, expiresAt: number, mac?: string }
-
-/** The copy is swept of expired revisions whenever it has doubled since the last sweep. */
-const MIN_SWEEP_SIZE = 1024
 
 export class Revisions {
   readonly #link: StoreLink
@@ -34,7 +31,7 @@ export class Revisions {
 
   /** Whether Redis must hold the hash now (a revision it took is still live, with a minute to spare for clocks). */
   expectedInRedis (): boolean {
-    return this.#latestConfirmed > nowSec() + 60
+    return this.#latestConfirmed > nowSec() + CLOCK_SLACK_SEC
   }
 
   revision (sessionId: string): SessionRevision | undefined {

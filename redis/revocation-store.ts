@@ -38,7 +38,7 @@ import {
 } from './scripts.js'
 import { RefreshStates } from './refresh-states.js'
 import { Revisions } from './revisions.js'
-import { noop, nowSec, type StoreLink } from './store-link.js'
+import { CLOCK_SLACK_SEC, MIN_SWEEP_SIZE, noop, nowSec, type StoreLink } from './store-link.js'
 import { subscribeFor, type Subscription } from './subscription.js'
 
 /** A pino logger fits; `info` is optional. */
@@ -125,12 +125,8 @@ export const REDIS_STORE_DEFAULTS = {
 /** Writes a replica keeps while Redis is unreachable; the oldest go first beyond these. */
 const MAX_QUEUED_CLAIMS = 100_000
 const MAX_QUEUED_VALUES = 10_000
-/** The local copy is swept of expired revocations whenever it has doubled since the last sweep. */
-const MIN_SWEEP_SIZE = 1024
 /** A marker created at a full load lives at least this long (the writes that follow extend it). */
 const MIN_EPOCH_MS = 86_400_000
-/** Clocks of replicas and Redis may disagree by this much before a missing key counts as lost. */
-const CLOCK_SLACK_SEC = 60
 
 interface QueuedValue { value: string, expiresAt: number }
 

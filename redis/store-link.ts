@@ -30,4 +30,8 @@ export interface StoreLink {
 }
 
 export const nowSec = (): number => Date.now() / 1000
+/** A replica's local copy (revocations, revisions) is swept of expired entries whenever it has doubled since the last sweep. */
+export const MIN_SWEEP_SIZE = 1024
+/** Clocks of replicas and Redis may disagree by this much before a missing key counts as lost. */
+export const CLOCK_SLACK_SEC = 60
 export const noop = (): void => {}
