@@ -1,6 +1,6 @@
 /**
- * What every benchmark runner shares: the knobs of a load measurement, the median, and starting an
- * apiserver under test in a process of its own.
+ * What every benchmark runner shares: the knobs of a load measurement, the median, the printed
+ * numbers, and starting, asking and stopping an apiserver under test in a process of its own.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
@@ -16,6 +16,22 @@ export function median (values: number[]): number {
 }
 
 export interface Apiserver<Info> { process: ChildProcess, url: string, info: Info }
+
+/** `n` with thousands separators and exactly `digits` decimals, for the printed tables. */
+export const formatNumber = (n: number, digits = 0): string => n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
+
+/** A JSON POST to an apiserver under test (its set-up routes); anything but 2xx fails the run. */
+export async function post<T> (server: { url: string }, path: string, body: unknown): Promise<T> {
+  const answer = await fetch(server.url + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+  if (!answer.ok) throw new Error(`${path}: ${answer.status} ${await answer.text()}`)
+  return await answer.json() as T
+}
+
+/** The server's CPU time so far, in µs (no garbage collection first, unlike /stats). */
+export async function cpuTime (server: { url: string }): Promise<number> {
+  const { user, system } = await (await fetch(`${server.url}/cpu`)).json() as { user: number, system: number }
+  return user + system
+}
 
 /**
  * Runs `file` (relative to `bench/`) with tsx and `nodeFlags`; resolves with the JSON line it prints

@@ -25,14 +25,13 @@ import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import { cpus } from 'node:os'
 import autocannon from 'autocannon'
-import { Redis } from 'ioredis'
+import { Cluster, Redis } from 'ioredis'
 import { startFastProvider } from './fast-provider.js'
-import { CONNECTIONS, DURATION, median, ROUNDS, startApiserver, type Apiserver } from './common.js'
+import { CONNECTIONS, DURATION, formatNumber as f, median, ROUNDS, startApiserver, type Apiserver } from './common.js'
 import { startRedisServer } from '../test/helpers/redis-server.js'
 import { startRedisCluster } from '../test/helpers/redis-topology.js'
 import { RedisRevocationStore } from '../redis/index.js'
 import { MemoryRevocationStore, type RevocationStore } from '../lib/session/revocations.js'
-import { Cluster } from 'ioredis'
 import { DEFAULT_KEY_PREFIX, redisNames } from '../redis/layout.js'
 
 const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 100_000)
@@ -244,7 +243,6 @@ async function main (): Promise<void> {
     replicas: { aRevocations: statsA.revocations, bRevocations: statsB.revocations, queued: statsA.queued + statsB.queued }
   }
 
-  const f = (n: number, digits = 0): string => n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
   console.log(`\n| scenario (Redis store: replica A, ${f(REVOCATIONS)} revocations in its copy) | req/s (median of ${ROUNDS}) | CPU per request |\n|---|---|---|`)
   for (const name of scenarioNames) console.log(`| ${name} | ${f(rps[name])} | ${f(cpuUs[name], 1)} µs |`)
   console.log(`

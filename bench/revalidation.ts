@@ -12,25 +12,12 @@
  */
 import autocannon, { type Request } from 'autocannon'
 import { cpus, loadavg } from 'node:os'
-import { CONNECTIONS, DURATION, median, ROUNDS, startApiserver, stopApiserver, type Apiserver } from './common.js'
+import { CONNECTIONS, cpuTime, DURATION, formatNumber as f, median, post, ROUNDS, startApiserver, stopApiserver, type Apiserver } from './common.js'
 
 const SESSIONS = Number(process.env.BENCH_FOLLOWED_SESSIONS ?? 10000)
 const PERIOD = Number(process.env.BENCH_REVALIDATE_SEC ?? 300)
 
 type Server = Apiserver<{ port: number }>
-
-const f = (n: number, digits = 0): string => n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
-
-async function post<T> (server: Server, path: string, body: unknown): Promise<T> {
-  const answer = await fetch(server.url + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
-  if (!answer.ok) throw new Error(`${path}: ${answer.status} ${await answer.text()}`)
-  return await answer.json() as T
-}
-
-async function cpuTime (server: Server): Promise<number> {
-  const { user, system } = await (await fetch(`${server.url}/cpu`)).json() as { user: number, system: number }
-  return user + system
-}
 
 interface Figures { rps: number, requests: number, cpuUs: number, refreshes: number }
 

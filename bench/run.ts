@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto'
 import { cpus, loadavg } from 'node:os'
 import autocannon, { type Request } from 'autocannon'
 import { benchKey, startFastProvider, type BenchKey, type FastProvider } from './fast-provider.js'
-import { CONNECTIONS, DURATION, median, ROUNDS, startApiserver, stopApiserver, type Apiserver } from './common.js'
+import { CONNECTIONS, cpuTime, DURATION, formatNumber as f, median, post, ROUNDS, startApiserver, stopApiserver, type Apiserver } from './common.js'
 
 const LOGINS = Number(process.env.BENCH_LOGINS ?? 5000)
 const MEMORY_LOGINS = Number(process.env.BENCH_MEMORY_LOGINS ?? 100000)
@@ -114,18 +114,6 @@ async function stats (server: Server): Promise<{ cpu: { user: number, system: nu
   return await (await fetch(`${server.url}/stats`)).json() as never
 }
 
-/** The server's CPU time so far, in µs (no garbage collection first, unlike /stats). */
-async function cpuTime (server: Server): Promise<number> {
-  const { user, system } = await (await fetch(`${server.url}/cpu`)).json() as { user: number, system: number }
-  return user + system
-}
-
-async function post<T> (server: Server, path: string, body: unknown): Promise<T> {
-  const answer = await fetch(server.url + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
-  if (!answer.ok) throw new Error(`${path}: ${answer.status} ${await answer.text()}`)
-  return await answer.json() as T
-}
-
 const provider = await startFastProvider()
 const plugin = await startServer('./servers/plugin-app.ts', [provider.issuer], ['--expose-gc', ...(CPU_PROF === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`])])
 const adapter = await startServer('./servers/adapter-app.ts', [provider.issuer])
@@ -136,7 +124,6 @@ const summary: Record<string, unknown> = {
   machine: { cpus: cpus().length, node: process.version, loadAverageAtStart: loadavg() },
   settings: { rounds: ROUNDS, durationSec: DURATION, connections: CONNECTIONS, parts: [...PARTS] }
 }
-const f = (n: number, digits = 0): string => n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
 const output: string[] = []
 
 if (PARTS.has('routes')) {

@@ -6,7 +6,7 @@
  * Both apply only while `session.revalidate_sec` is above 0, like `end_session` only with
  * `idp_logout`: with revalidation off a session is independent of Keycloak after login.
  */
-import { settingName } from '../lib/config/settings.js'
+import { isAbsoluteHttpUrl, settingName } from '../lib/config/settings.js'
 import { shown, type DoctorContext } from './context.js'
 import { fail, pass, type Verdict } from './report.js'
 
@@ -16,19 +16,11 @@ const FOLLOWS = settingName('session.follows')
 /** Every endpoint explicit: no document to read, said plainly (as `issuer`, `endpoints` and `clock` do), with what to check by hand. */
 const notRead = (byHand: string): string => `not read: ${settingName('baseUrl')} is unset, so there is no discovery document (${byHand})`
 
-function isHttpUrl (value: unknown): value is string {
-  try {
-    return typeof value === 'string' && ['http:', 'https:'].includes(new URL(value).protocol)
-  } catch {
-    return false
-  }
-}
-
 export async function checkRevocation ({ document, issuer }: DoctorContext): Promise<Verdict> {
   const found = await document()
   if (found === undefined) return pass(notRead(`Keycloak serves revocation at ${shown(issuer)}/protocol/openid-connect/revoke`))
   const endpoint = found.revocation_endpoint
-  if (isHttpUrl(endpoint)) return pass(`the realm advertises its revocation endpoint ${shown(endpoint)}: a logout revokes the session's refresh token there`)
+  if (typeof endpoint === 'string' && isAbsoluteHttpUrl(endpoint)) return pass(`the realm advertises its revocation endpoint ${shown(endpoint)}: a logout revokes the session's refresh token there`)
   return fail(
     `discovery advertises ${endpoint === undefined ? 'no revocation_endpoint' : `a revocation_endpoint that is not an http(s) URL (${shown(endpoint)})`}: a logout cannot revoke the session's refresh token, so each one leaves a Keycloak session (an offline one with ${FOLLOWS}=user) behind`,
     // Keycloak serves RFC 7009 at <realm>/protocol/openid-connect/revoke and advertises it since 2020.

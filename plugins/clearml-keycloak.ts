@@ -16,7 +16,7 @@ import type { LoginResult } from '../lib/rules/login.js'
 import { MemoryRevocationStore, type RevocationStore } from '../lib/session/revocations.js'
 import type { ClearmlIdentity } from '../lib/session/claims.js'
 import { KeycloakSso, type IssueToken } from '../lib/sso.js'
-import { routeLogSerializers, routes } from './routes.js'
+import { loginStarter, routeLogSerializers, routes } from './routes.js'
 import { authenticator, type AuthenticateHook } from './authenticate.js'
 import { requireLoginHook, type RequireLoginHook } from './require-login.js'
 import { checkBasicOption, supportedModesOf, type BasicLoginOption, type SupportedModes } from './supported-modes.js'
@@ -157,7 +157,9 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
   const prefix = (options.prefix ?? '').replace(/\/+$/, '')
   // The host's own prefix too, when it registers the plugin in a prefixed context.
   const loginUrl = `${fastify.prefix}${prefix}/login/keycloak`
-  const supportedModes = supportedModesOf({ sso, sessionOf, loginUrl, webappUrl, cookies: cookiePolicy(webappUrl), basic: checkBasicOption(options.basic) })
+  const cookies = cookiePolicy(webappUrl)
+  const startLogin = loginStarter(sso, cookies)
+  const supportedModes = supportedModesOf({ sso, sessionOf, loginUrl, webappUrl, startLogin, basic: checkBasicOption(options.basic) })
   const requireLogin = requireLoginHook({ authenticate, sessionOf, loginStart: loginUrl })
 
   const explainContext = { config, directory: options.directory, sso }
@@ -180,6 +182,8 @@ async function clearmlKeycloakPlugin (fastify: FastifyInstance, options: Clearml
     logSerializers: routeLogSerializers,
     sso,
     webappUrl,
+    cookies,
+    startLogin,
     supportedModes: options.routes?.supportedModes !== false,
     tokenOf,
     supportedModesData: supportedModes,

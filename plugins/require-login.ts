@@ -23,13 +23,15 @@ export type RequireLoginHook = (request: FastifyRequest, reply: FastifyReply) =>
 /** The web app's login page, at the root of its origin: where refusals land (`/login?sso_error=`). */
 const LOGIN_PAGE = '/login'
 const HTML_TYPES = new Set(['text/html', 'application/xhtml+xml'])
+/** An Accept parameter that refuses the type: `q=0`, `q=0.0`, … (RFC 9110 12.4.2). */
+const REFUSED = /^q=0(\.0{0,3})?$/
 
 /** True when `accept` lists an HTML type without refusing it (`q=0`); `*\/*` alone is what scripts send. */
 export function acceptsHtml (accept: string | undefined): boolean {
   if (accept === undefined) return false
   return accept.split(',').some((range) => {
     const [type, ...parameters] = range.split(';').map((part) => part.trim().toLowerCase())
-    return HTML_TYPES.has(type) && !parameters.some((parameter) => /^q=0(\.0{0,3})?$/.test(parameter))
+    return HTML_TYPES.has(type) && !parameters.some((parameter) => REFUSED.test(parameter))
   })
 }
 

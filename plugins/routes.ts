@@ -6,7 +6,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Static } from 'typebox'
-import { cookiePolicy, ID_TOKEN_COOKIE } from '../lib/session/cookies.js'
+import { ID_TOKEN_COOKIE, type CookiePolicy } from '../lib/session/cookies.js'
 import { publishAuthRefused } from '../lib/diagnostics.js'
 import { envelope, errorEnvelope } from '../lib/envelope.js'
 import { SsoError } from '../lib/errors.js'
@@ -21,9 +21,22 @@ import {
 import { logRefusal, ssoErrorHandler, type RouteMeta } from './error-handler.js'
 import { addRouteAliases } from './route-aliases.js'
 
+/** Starts a login at Keycloak for this browser: sets its transaction cookie and answers the authorization URL. */
+export type LoginStart = (request: FastifyRequest, reply: FastifyReply, input: Parameters<KeycloakSso['startLogin']>[0]) => Promise<string>
+
+export function loginStarter (sso: KeycloakSso, cookies: CookiePolicy): LoginStart {
+  return async (request, reply, input) => {
+    const started = await sso.startLogin(input, request.cookies)
+    reply.setCookie(started.cookieName, started.cookieValue, cookies.transaction())
+    return started.url
+  }
+}
+
 export interface RoutesOptions {
   sso: KeycloakSso
   webappUrl: string
+  cookies: CookiePolicy
+  startLogin: LoginStart
   supportedModes: boolean
   /** The session token of a request: the session cookie, else `Authorization: Bearer`. */
   tokenOf: (request: FastifyRequest) => string | undefined
@@ -73,8 +86,7 @@ const meta = (endpoint: string, browser = false, refusalStatus?: number): { conf
 
 export async function routes (fastify: FastifyInstance, options: RoutesOptions): Promise<void> {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
-  const { sso, webappUrl } = options
-  const cookies = cookiePolicy(webappUrl)
+  const { sso, webappUrl, cookies, startLogin } = options
   const loginPage = new URL('/login', webappUrl).href
 
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
@@ -99,12 +111,6 @@ export async function routes (fastify: FastifyInstance, options: RoutesOptions):
   }
 
   const callbackParams = (query: Static<typeof CallbackQuery>) => ({ code: query.code, state: query.state, iss: query.iss, error: query.error })
-
-  const startLogin = async (request: FastifyRequest, reply: FastifyReply, input: { returnTo: string, redirectUri?: string, appState?: string }): Promise<string> => {
-    const started = await sso.startLogin(input, request.cookies)
-    reply.setCookie(started.cookieName, started.cookieValue, cookies.transaction())
-    return started.url
-  }
 
   const requireKeycloak = (provider: string | undefined): void => {
     if (provider !== undefined && provider !== 'keycloak') throw new SsoError('bad_request', 'provider must be "keycloak"')

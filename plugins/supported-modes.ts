@@ -17,8 +17,8 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { SsoError } from '../lib/errors.js'
 import { MAX_RETURN_PATH, safeReturnPath, sameOriginUrl } from '../lib/redirects.js'
 import type { ClearmlIdentity } from '../lib/session/claims.js'
-import type { CookiePolicy } from '../lib/session/cookies.js'
 import type { KeycloakSso } from '../lib/sso.js'
+import type { LoginStart } from './routes.js'
 
 /** The `basic` option: the host's own password login, as `login.supported_modes` announces it. */
 export interface BasicLoginOption {
@@ -68,10 +68,10 @@ export function supportedModesOf (options: {
   /** The plugin's `GET /login/keycloak`, prefix included. */
   loginUrl: string
   webappUrl: string
-  cookies: CookiePolicy
+  startLogin: LoginStart
   basic: SupportedModes['basic']
 }): SupportedModesOf {
-  const { sso, sessionOf, loginUrl, webappUrl, cookies, basic } = options
+  const { sso, sessionOf, loginUrl, webappUrl, startLogin, basic } = options
 
   /** The Keycloak authorization URL of ClearML Enterprise's protocol, or `undefined` when not asked for. */
   const enterpriseLogin = async (request: FastifyRequest, reply: FastifyReply): Promise<string | undefined> => {
@@ -93,9 +93,7 @@ export function supportedModesOf (options: {
     // cookie is answered as `/` rather than refused, which would stop the web app at start.
     const path = safeReturnPath(state)
     const returnTo = path.length <= MAX_RETURN_PATH ? path : '/'
-    const started = await sso.startLogin({ returnTo, redirectUri, stateShowsReturnPath: true, keepSlotOf: state }, request.cookies)
-    reply.setCookie(started.cookieName, started.cookieValue, cookies.transaction())
-    return started.url
+    return await startLogin(request, reply, { returnTo, redirectUri, stateShowsReturnPath: true, keepSlotOf: state })
   }
 
   return async (request, reply) => {

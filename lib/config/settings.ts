@@ -105,7 +105,7 @@ function shapeProblems (overrides: object, prefix = ''): ConfigProblem[] {
   })
 }
 
-function isAbsoluteHttpUrl (value: string): boolean {
+export function isAbsoluteHttpUrl (value: string): boolean {
   try {
     // The URL parser refuses an http(s) URL without a host, so the scheme is all left to check.
     const { protocol } = new URL(value)
