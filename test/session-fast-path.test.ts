@@ -665,6 +665,18 @@ t.test('session tokens: sessions that follow Keycloak pass the gate; revisions r
   t.strictSame(admitted, [])
 })
 
+t.test('session tokens: a logged-out session reads invalid_token, not session_ended, after a full store forgot another user\'s revocations', async (t) => {
+  const revocations = new MemoryRevocationStore({ max: 4, log: { warn: () => {} } })
+  const sessions = new SessionTokens({ secret: SECRET, lifetimeSec: 3600, revocations })
+  const ann = await sessions.issue({ id: 'ann', company: 'c', name: 'Ann', role: 'user' }, { id: 'c', name: 'C' }, 'ann-1', 'kc')
+  const expiry = Date.now() / 1000 + 3600
+  await revocations.revoke('ann-1', expiry, 'ann')
+  for (const id of ['m1', 'm2', 'm3', 'm4']) await revocations.revoke(id, expiry, 'mallory')
+  t.ok(revocations.refusedUntilFor('mallory') > 0, 'mallory\'s revocations were forgotten')
+  t.equal(await sessions.verify(ann.token), null, 'ann logged out: refused')
+  t.equal(await sessions.refusalOf(ann.token), 'invalid_token', 'as a logout, not as ended by Keycloak')
+})
+
 t.test('session tokens: without revalidation, a session whose token says it follows Keycloak is simply a session', async (t) => {
   const sessions = new SessionTokens({ secret: SECRET, lifetimeSec: 3600, revocations: new MemoryRevocationStore() })
   const { token } = await sessions.issue({ id: 'u1', company: 'c', name: 'Ann', role: 'user' }, { id: 'c', name: 'C' }, 'f-2', 'kc', 'user')

@@ -188,7 +188,9 @@ export class SessionTokens {
   async refusalOf (token: string): Promise<'session_ended' | 'invalid_token'> {
     const claims = (this.#cache.get(token) ?? this.#admissible(token))?.claims
     if (claims === undefined) return 'invalid_token'
-    return await this.#revocations.isRevoked(sessionEndedKey(claims.session_id), claims.iat) ? 'session_ended' : 'invalid_token'
+    // With its owner, as the mark was made: a bounded store that forgot another user's revocations
+    // must not make this session's refusal read as ended by Keycloak.
+    return await this.#revocations.isRevoked(sessionEndedKey(claims.session_id), claims.iat, claims.identity.user) ? 'session_ended' : 'invalid_token'
   }
 
   async #revoked (session: VerifiedSession): Promise<boolean> {
