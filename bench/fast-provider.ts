@@ -88,6 +88,12 @@ export async function startFastProvider (clientId = 'clearml'): Promise<FastProv
   await ready
   const issuer = `http://127.0.0.1:${(server!.address() as AddressInfo).port}/realms/bench`
   const now = (): number => Math.floor(Date.now() / 1000)
+  /** A token endpoint's answer as Keycloak's: an ID token (with the login's `nonce`, if any) and an access token of `common`, and `extra` fields. */
+  const tokenSet = async (common: Record<string, unknown>, { nonce, ...extra }: { nonce?: string, refresh_token?: string }, key?: BenchKey, kid?: string): Promise<string> => {
+    const idToken = await provider.sign({ ...common, aud: clientId, typ: 'ID', nonce }, key, kid)
+    const accessToken = await provider.sign({ ...common, aud: 'account', typ: 'Bearer', realm_access: { roles: ['offline_access'] } }, key, kid)
+    return JSON.stringify({ token_type: 'Bearer', id_token: idToken, access_token: accessToken, ...extra, expires_in: 3600 })
+  }
   const provider: FastProvider = {
     issuer,
     clientId,
@@ -97,16 +103,12 @@ export async function startFastProvider (clientId = 'clearml'): Promise<FastProv
     sign: async (claims, key = keys[0], kid = key.kid) => await new SignJWT(claims).setProtectedHeader({ alg: 'RS256', kid, typ: 'JWT' }).sign(key.privateKey),
     prepare: async (code, { nonce, subject, key, kid }) => {
       const common = { iss: issuer, sub: subject, iat: now(), exp: now() + 3600, azp: clientId, sid: randomUUID(), preferred_username: subject.slice(0, 8), email: `${subject.slice(0, 8)}@acme.example`, email_verified: true, name: `User ${subject.slice(0, 8)}` }
-      const idToken = await provider.sign({ ...common, aud: clientId, typ: 'ID', nonce }, key, kid)
-      const accessToken = await provider.sign({ ...common, aud: 'account', typ: 'Bearer', realm_access: { roles: ['offline_access'] } }, key, kid)
-      tokenSets.set(code, JSON.stringify({ token_type: 'Bearer', id_token: idToken, access_token: accessToken, expires_in: 3600 }))
+      tokenSets.set(code, await tokenSet(common, { nonce }, key, kid))
     },
     refreshFor: async (subject) => {
       const refreshToken = `bench-refresh:${subject}`
       const common = { iss: issuer, sub: subject, iat: now(), exp: now() + 3600, azp: clientId, sid: 'bench-keycloak-session', preferred_username: 'bench', email: 'bench@acme.example', email_verified: true, name: 'Bench' }
-      const idToken = await provider.sign({ ...common, aud: clientId, typ: 'ID' })
-      const accessToken = await provider.sign({ ...common, aud: 'account', typ: 'Bearer', realm_access: { roles: ['offline_access'] } })
-      refreshSets.set(refreshToken, JSON.stringify({ token_type: 'Bearer', id_token: idToken, access_token: accessToken, refresh_token: refreshToken, expires_in: 3600 }))
+      refreshSets.set(refreshToken, await tokenSet(common, { refresh_token: refreshToken }))
       return refreshToken
     },
     get refreshes () { return refreshes },
